@@ -1,0 +1,350 @@
+"""Preference records and the append-only store that keeps them.
+
+A preference is the answer to one question: "of these two answers to this prompt, which is
+better?". We store it in the format most data sets and libraries (TRL, the DPO code) use:
+``{"prompt", "chosen", "rejected"}``, plus who gave it and when.
+
+The store is a JSONL file that is only ever appended to, one line per event, so that a label
+is safe on disk the moment the widget moves on, a crash can at worst damage the last line, and
+the file doubles as a complete log of the labelling session.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+from rlhf_lab.jsonl import DataFormatError
+
+SOURCES = ("human", "simulated")
+
+
+class RecordError(ValueError):
+    """A preference record with a bad field; `field` names it so the store can report it."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"field '{field}': {message}")
+        self.field = field
+        self.message = message
+
+
+def utc_now() -> str:
+    """The current time as an ISO 8601 UTC string, e.g. '2025-01-31T12:00:00+00:00'."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def record_id(prompt: str, chosen: str, rejected: str, annotator: str) -> str:
+    """Stable id of a label: sha256 of [prompt, chosen, rejected, annotator], first 16 hex digits.
+
+    The same person giving the same verdict on the same pair twice gets the same id, which is
+    how the store spots duplicates. Time is left out on purpose: re-labelling later is still a
+    duplicate.
+    """
+    payload = json.dumps([prompt, chosen, rejected, annotator], ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
+
+
+def item_key(prompt: str, answers: Iterable[str]) -> tuple[str, ...]:
+    """Order-free key of a labelling item: (prompt, *sorted(answers)).
+
+    "A vs B" and "B vs A" are the same question, so a widget that sees either as already
+    labelled can skip it when the learner resumes.
+    """
+    return (prompt, *sorted(answers))
+
+
+@dataclass
+class PreferenceRecord:
+    """One human (or simulated-human) judgement: `chosen` is better than `rejected` for `prompt`.
+
+    `tie=True` means "equally good"; `chosen`/`rejected` then just keep the order shown.
+    `ranking` is set when the pair comes from ranking K answers: the full order, best first.
+    `id` is computed from prompt/chosen/rejected/annotator (see `record_id`); leave it empty.
+    """
+
+    prompt: str
+    chosen: str
+    rejected: str
+    source: str = "human"
+    annotator: str = "learner"
+    time: str = field(default_factory=utc_now)
+    tie: bool = False
+    ranking: list[str] | None = None
+    id: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("prompt", "chosen", "rejected", "annotator", "time", "id"):
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                raise RecordError(name, f"expected a string, got {value!r}")
+        if self.source not in SOURCES:
+            raise RecordError("source", f"expected one of {SOURCES}, got {self.source!r}")
+        try:
+            parsed = datetime.fromisoformat(self.time.replace("Z", "+00:00"))
+        except ValueError:
+            raise RecordError("time", f"not an ISO 8601 time: {self.time!r}") from None
+        if parsed.utcoffset() is None or parsed.utcoffset().total_seconds() != 0:
+            raise RecordError("time", f"expected a UTC time (ending in +00:00 or Z), got {self.time!r}")
+        if not isinstance(self.tie, bool):
+            raise RecordError("tie", f"expected true or false, got {self.tie!r}")
+        if self.ranking is not None:
+            self.ranking = _checked_ranking(self.ranking, self.chosen, self.rejected)
+        expected_id = record_id(self.prompt, self.chosen, self.rejected, self.annotator)
+        if self.id and self.id != expected_id:
+            # An edited record whose id no longer matches would defeat duplicate detection.
+            raise RecordError("id", f"{self.id!r} does not match the record's content (expected {expected_id!r})")
+        self.id = expected_id
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> PreferenceRecord:
+        """Build a record from a JSON object; raises RecordError naming the bad field."""
+        if not isinstance(data, dict):
+            raise TypeError(f"expected a dict, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        for name in data:
+            if name not in known:
+                raise RecordError(name, f"unexpected field (known fields: {', '.join(sorted(known))})")
+        for name in ("prompt", "chosen", "rejected", "source", "annotator", "time"):
+            if name not in data:
+                raise RecordError(name, "missing")
+        return cls(**data)
+
+
+def _checked_ranking(ranking: Any, chosen: str, rejected: str) -> list[str]:
+    if not isinstance(ranking, list) or not all(isinstance(answer, str) for answer in ranking):
+        raise RecordError("ranking", f"expected a list of strings or null, got {ranking!r}")
+    if len(set(ranking)) != len(ranking) or len(ranking) < 2:
+        raise RecordError("ranking", "expected at least two different answers, each once")
+    if chosen not in ranking or rejected not in ranking or ranking.index(chosen) > ranking.index(rejected):
+        raise RecordError("ranking", "must contain 'chosen' ranked above 'rejected'")
+    return list(ranking)
+
+
+def ranking_to_pairs(prompt: str, ranking: Sequence[str], **record_fields: Any) -> list[PreferenceRecord]:
+    """All C(K, 2) (better, worse) pairs of one ranking of K answers, best first.
+
+    ranking [a, b, c] -> (a > b), (a > c), (b > c). Each pair keeps the full ranking, so the
+    reward model can also be trained on the K-wise (Plackett-Luce) form if wanted.
+    `record_fields` (source, annotator, time, ...) are passed to every PreferenceRecord.
+    """
+    ranking = list(ranking)
+    if len(ranking) < 2 or len(set(ranking)) != len(ranking):
+        raise ValueError(f"a ranking needs at least two different answers, got {ranking!r}")
+    return [
+        PreferenceRecord(prompt=prompt, chosen=better, rejected=worse, ranking=ranking, **record_fields)
+        for better, worse in combinations(ranking, 2)
+    ]
+
+
+class PreferenceStore:
+    """Preference labels in an append-only JSONL file that survives crashes.
+
+    File format, one JSON object per line:
+      - a record line: ``PreferenceRecord.to_dict()``;
+      - an undo line (tombstone): ``{"undo": "<id>"}`` or ``{"undo": ["<id>", ...]}``.
+    Opening the file replays the lines in order, so the current records are "everything added,
+    minus what a later tombstone removed". Nothing is ever rewritten:
+
+      - `add` returns only after the line is flushed and `os.fsync`-ed, so killing the kernel
+        loses at most the click in flight;
+      - undo is an appended tombstone, not an edit, so it is as durable as a label and the file
+        keeps the full history (what was labelled, then taken back);
+      - malformed lines are reported (a warning each and `store.errors`) and skipped, never
+        deleted: the file is evidence, and its owner decides how to fix it;
+      - a last line without its newline (a write cut short by a crash) is reported, and the
+        next append starts on a fresh line so it cannot glue onto a good record.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.errors: list[str] = []
+        self._records: dict[str, PreferenceRecord] = {}  # by id, in the order they were added
+        if self.path.exists():
+            self._load()
+
+    # ----- reading -----
+
+    def _load(self) -> None:
+        lines = self.path.read_bytes().split(b"\n")
+        # After a final newline split() leaves b""; anything else there is an unfinished write.
+        *finished_lines, last_line = lines
+        for number, raw in enumerate(finished_lines, start=1):
+            if raw.strip():
+                self._apply_line(number, raw)
+        if last_line.strip():
+            self._apply_line(len(lines), last_line, unfinished=True)
+
+    def _apply_line(self, number: int, raw: bytes, unfinished: bool = False) -> None:
+        """Apply one line (a record or a tombstone) to the current records, or report it."""
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            if unfinished:
+                self._report(number, None, f"incomplete last line (no newline at the end; "
+                             f"probably an interrupted write): {raw[:60]!r}")
+            elif isinstance(error, UnicodeDecodeError):
+                self._report(number, None, f"not valid UTF-8 text ({error.reason})")
+            else:
+                self._report(number, None, f"invalid JSON ({error.msg} at column {error.colno})")
+            return
+        if isinstance(data, dict) and "undo" in data:
+            undone_ids = data["undo"] if isinstance(data["undo"], list) else [data["undo"]]
+            if len(data) != 1 or not all(isinstance(undone, str) for undone in undone_ids):
+                self._report(number, "undo", f'expected {{"undo": id or [ids]}}, got {data!r}')
+                return
+            for undone in undone_ids:
+                if self._records.pop(undone, None) is None:
+                    self._report(number, "undo", f"no current record with id {undone!r}")
+            return
+        if not isinstance(data, dict):
+            self._report(number, None, f"expected a JSON object {{...}}, got {type(data).__name__}")
+            return
+        try:
+            record = PreferenceRecord.from_dict(data)
+        except RecordError as error:
+            self._report(number, error.field, error.message)
+            return
+        self._records[record.id] = record
+
+    def _report(self, line_number: int, field_name: str | None, problem: str) -> None:
+        # The same message format as every other data file: "path, line N, field 'x': problem".
+        error = str(DataFormatError(self.path, line_number, field_name, problem))
+        self.errors.append(error)
+        # stacklevel 5 points the warning at the line that opened the store (via _apply_line, _load, __init__).
+        warnings.warn(f"skipped a bad preference line: {error}", stacklevel=5)
+
+    @property
+    def records(self) -> list[PreferenceRecord]:
+        """The current records (added and not undone), oldest first."""
+        return list(self._records.values())
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __iter__(self) -> Iterator[PreferenceRecord]:
+        return iter(self.records)
+
+    def __contains__(self, record_or_id: PreferenceRecord | str) -> bool:
+        record_id_ = record_or_id.id if isinstance(record_or_id, PreferenceRecord) else record_or_id
+        return record_id_ in self._records
+
+    def labelled_keys(self, annotator: str | None = None) -> set[tuple[str, ...]]:
+        """`item_key`s of everything labelled (by `annotator`, if given): pairs and whole rankings."""
+        keys = set()
+        for record in self._records.values():
+            if annotator is None or record.annotator == annotator:
+                keys.add(item_key(record.prompt, (record.chosen, record.rejected)))
+                if record.ranking is not None:
+                    keys.add(item_key(record.prompt, record.ranking))
+        return keys
+
+    def pairs(self, include_ties: bool = False) -> list[dict[str, Any]]:
+        """Training pairs as plain dicts {"prompt", "chosen", "rejected"}.
+
+        Ties say nothing about which answer is better, so they are left out unless asked for;
+        with `include_ties=True` every dict also gets "tie" (a trainer can use target 0.5).
+        """
+        pairs = []
+        for record in self._records.values():
+            if record.tie and not include_ties:
+                continue
+            pair = {"prompt": record.prompt, "chosen": record.chosen, "rejected": record.rejected}
+            if include_ties:
+                pair["tie"] = record.tie
+            pairs.append(pair)
+        return pairs
+
+    def to_dataframe(self):
+        """The current records as a pandas DataFrame, one row per record."""
+        import pandas as pd  # only needed here; keeps the store importable without pandas
+
+        columns = [f.name for f in fields(PreferenceRecord)]
+        return pd.DataFrame([record.to_dict() for record in self._records.values()], columns=columns)
+
+    # ----- writing -----
+
+    def add(self, record: PreferenceRecord) -> bool:
+        """Append one record durably; False (and nothing written) if its id is already stored."""
+        return self.add_many([record])[0]
+
+    def add_many(self, records: Sequence[PreferenceRecord]) -> list[bool]:
+        """Append several records with one write and one fsync (e.g. all pairs of a ranking).
+
+        Returns, for each record, whether it was written (False: a duplicate id).
+        """
+        written, new_lines, new_ids = [], [], set()
+        for record in records:
+            if not isinstance(record, PreferenceRecord):
+                raise TypeError(f"expected a PreferenceRecord, got {type(record).__name__}")
+            is_new = record.id not in self._records and record.id not in new_ids
+            written.append(is_new)
+            if is_new:
+                new_ids.add(record.id)
+                new_lines.append(json.dumps(record.to_dict(), ensure_ascii=False))
+        if new_lines:
+            self._append(new_lines)
+            for record, is_new in zip(records, written):
+                if is_new:
+                    self._records[record.id] = record
+        return written
+
+    def undo(self, ids: str | Sequence[str]) -> list[PreferenceRecord]:
+        """Take back the records with these ids by appending one tombstone line; returns them."""
+        ids = [ids] if isinstance(ids, str) else list(ids)
+        ids = [undone for undone in ids if undone in self._records]
+        if not ids:
+            return []
+        self._append([json.dumps({"undo": ids[0] if len(ids) == 1 else ids})])
+        return [self._records.pop(undone) for undone in ids]
+
+    def undo_last(self, annotator: str | None = None) -> PreferenceRecord | None:
+        """Take back the most recent record (of `annotator`, if given); None if there is none."""
+        for record in reversed(self._records.values()):
+            if annotator is None or record.annotator == annotator:
+                return self.undo(record.id)[0]
+        return None
+
+    def _append(self, lines: list[str]) -> None:
+        """Append lines and fsync before returning: once this returns, the lines survive a crash."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        is_new_file = not self.path.exists()
+        with open(self.path, "ab+") as file:
+            # A crash may have left a last line without its newline; start on a fresh line so
+            # the broken fragment stays one bad line instead of ruining our good one.
+            prefix = b""
+            if file.seek(0, os.SEEK_END) > 0:
+                file.seek(-1, os.SEEK_END)
+                if file.read(1) != b"\n":
+                    prefix = b"\n"
+            file.write(prefix + "".join(line + "\n" for line in lines).encode("utf-8"))
+            file.flush()
+            os.fsync(file.fileno())
+        if is_new_file:
+            _fsync_directory(self.path.parent)  # so the new file's name itself survives a crash
+
+    def __repr__(self) -> str:
+        return f"PreferenceStore({str(self.path)!r}, {len(self)} records, {len(self.errors)} errors)"
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:  # e.g. Windows cannot open directories; the data itself is already synced
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
