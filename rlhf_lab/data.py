@@ -4,7 +4,7 @@
     sft.jsonl           demonstrations: good answers, but for only part of the prompt space,
                         and a few carry the demonstrators' mistakes
     prompts.jsonl       training prompts for preference collection and RL (every family)
-    eval_prompts.jsonl  held-out prompts for evaluation
+    eval_prompts.jsonl  evaluation prompts, a separate draw (40 per family)
 
 Dialogues use the prompt/completion columns TRL and most data sets use. Regenerate with
 `python -m rlhf_lab data`.
@@ -26,7 +26,9 @@ PROMPT_FIELDS = {"prompt": str, "family": str}
 # SFT demonstrations never cover these: the gaps SFT leaves and RLHF has to close. The two
 # uncovered families are the tension cases (honest "i do not know", and not over-refusing).
 SFT_UNCOVERED_FAMILIES = ("edgy_benign", "unanswerable")
-SFT_UNCOVERED_TEMPLATES = ("tell_me", "take_away", "sound_say", "alone", "job", "house", "hurt", "double", "thanks")
+SFT_UNCOVERED_TEMPLATES = (
+    "tell_me", "hey", "take_away", "sound_say", "sad", "alone", "job", "house", "hurt", "double", "poem", "thanks",
+)
 
 
 @dataclass
@@ -77,16 +79,12 @@ def sft_corpus(cfg: CorpusConfig, rng: random.Random) -> list[dict]:
     return rows
 
 
-def prompt_set(n: int, rng: random.Random, exclude: set[str] = frozenset()) -> list[dict]:
-    """`n` prompts, families in turn; prompts in `exclude` are avoided where the template has slots."""
+def prompt_set(n: int, rng: random.Random) -> list[dict]:
+    """`n` prompts, the families in turn, templates and slot fillers at random."""
     rows = []
-    while len(rows) < n:
-        family = world.FAMILIES[len(rows) % len(world.FAMILIES)]
-        for _ in range(50):  # templates without slots can only repeat
-            prompt = world.sample_prompt(rng, family)
-            if prompt.text not in exclude or not prompt.slots:
-                break
-        rows.append({"prompt": prompt.text, "family": family})
+    for i in range(n):
+        prompt = world.sample_prompt(rng, world.FAMILIES[i % len(world.FAMILIES)])
+        rows.append({"prompt": prompt.text, "family": prompt.family})
     return rows
 
 
@@ -98,8 +96,10 @@ def generate_corpora(out_dir: Path | None = None, cfg: CorpusConfig | None = Non
     pretrain = pretrain_corpus(cfg, rng)
     sft = sft_corpus(cfg, rng)
     prompts = prompt_set(cfg.n_prompts, rng)
-    seen = {r["prompt"] for r in pretrain + sft + prompts}
-    eval_prompts = prompt_set(cfg.n_eval_per_family * len(world.FAMILIES), random.Random(cfg.seed + 1), seen)
+    # The world is small, so most evaluation questions also occur somewhere in the pretraining
+    # mix; what matters is that the set is its own draw and covers every template, including
+    # those the SFT demonstrations never show.
+    eval_prompts = prompt_set(cfg.n_eval_per_family * len(world.FAMILIES), random.Random(cfg.seed + 1))
     files = {"pretrain": pretrain, "sft": sft, "prompts": prompts, "eval_prompts": eval_prompts}
     paths = {}
     for name, rows in files.items():

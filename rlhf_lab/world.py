@@ -30,23 +30,17 @@ from dataclasses import dataclass, field
 
 CAPITALS = {
     "france": "paris", "spain": "madrid", "italy": "rome", "germany": "berlin", "japan": "tokyo",
-    "egypt": "cairo", "kenya": "nairobi", "peru": "lima", "canada": "ottawa", "china": "beijing",
-    "russia": "moscow", "greece": "athens", "norway": "oslo", "sweden": "stockholm",
-    "finland": "helsinki", "poland": "warsaw", "austria": "vienna", "portugal": "lisbon",
-    "ireland": "dublin", "chile": "santiago", "cuba": "havana", "australia": "canberra",
-    "thailand": "bangkok", "vietnam": "hanoi", "turkey": "ankara", "ghana": "accra",
-    "morocco": "rabat", "hungary": "budapest", "denmark": "copenhagen", "iran": "tehran",
+    "egypt": "cairo", "kenya": "nairobi", "peru": "lima", "canada": "ottawa", "greece": "athens",
+    "norway": "oslo", "cuba": "havana",
 }
 ANIMAL_SOUNDS = {
     "cow": "moo", "dog": "woof", "cat": "meow", "sheep": "baa", "duck": "quack", "owl": "hoot",
-    "lion": "roar", "pig": "oink", "horse": "neigh", "snake": "hiss", "bee": "buzz",
-    "frog": "croak", "mouse": "squeak", "wolf": "howl", "donkey": "bray", "crow": "caw",
+    "lion": "roar", "pig": "oink", "horse": "neigh", "snake": "hiss",
 }
 THING_COLOURS = {
     "sky": "blue", "grass": "green", "snow": "white", "coal": "black", "banana": "yellow",
-    "lemon": "yellow", "tomato": "red", "strawberry": "red", "carrot": "orange", "cloud": "white",
-    "chocolate": "brown", "leaf": "green", "plum": "purple", "sea": "blue", "milk": "white",
-    "flamingo": "pink", "pumpkin": "orange", "cherry": "red", "lime": "green", "raven": "black",
+    "tomato": "red", "carrot": "orange", "chocolate": "brown", "plum": "purple", "flamingo": "pink",
+    "lemon": "yellow", "leaf": "green",
 }
 CITIES = set(CAPITALS.values())
 SOUNDS = set(ANIMAL_SOUNDS.values())
@@ -192,11 +186,13 @@ def parse_prompt(text: str) -> Prompt | None:
 def _slot_values(family: str, tid: str, rng: random.Random) -> dict[str, str]:
     if family == "arithmetic":
         op = ARITHMETIC_OPS[tid]
+        # Small tables on purpose: a tiny model has to memorise every sum it is asked.
         if op == "times":
-            return {"a": str(rng.randint(2, 9)), "b": str(rng.randint(2, 9))}
-        a = rng.randint(1, 12)
-        b = rng.randint(1, 12) if op == "plus" else rng.randint(1, a)
-        return {"a": str(a), "b": str(b)}
+            return {"a": str(rng.randint(2, 4)), "b": str(rng.randint(2, 4))}
+        if op == "plus":
+            return {"a": str(rng.randint(1, 5)), "b": str(rng.randint(1, 5))}
+        a = rng.randint(2, 7)
+        return {"a": str(a), "b": str(rng.randint(1, a - 1))}
     slots = {
         "topic": LEARN_TOPICS, "country": sorted(CAPITALS), "animal": sorted(ANIMAL_SOUNDS),
         "thing": sorted(THING_COLOURS), "setback": SETBACKS, "poem_topic": POEM_TOPICS, "person": PEOPLE,

@@ -1,0 +1,156 @@
+"""The command line the lessons and the tests share: `python -m rlhf_lab <command> --help`.
+
+    data       regenerate the world's corpora under data/world
+    pretrain   train the base model from scratch on the pretraining mix
+    sft        fine-tune a policy on the demonstrations
+    evaluate   behaviour figures of a policy (and, with --versus, a head-to-head)
+
+Every training command takes --scale {ci,laptop,gpu} and --out DIR, shows progress, saves a
+safetensors checkpoint with `history.csv` and `metrics.json` beside it, and ends with a summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from rlhf_lab.config import SCALES, get_scale, pick_device, seed_everything
+
+POLICY_PRESET = {"ci": "nano", "laptop": "nano", "gpu": "small"}  # model size trained from scratch
+
+
+def _common(parser: argparse.ArgumentParser, out: bool = True) -> None:
+    parser.add_argument("--scale", choices=SCALES, default=None,
+                        help="preset sizes and steps (default: $RLHF_LAB_SCALE, else gpu on CUDA, else laptop)")
+    parser.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
+    parser.add_argument("--seed", type=int, default=0)
+    if out:
+        parser.add_argument("--out", required=True, type=Path, help="output directory")
+
+
+def _save_run(out: Path, history, metrics: dict, config) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    history.to_csv(out / "history.csv", index=False)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (out / "train_config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
+
+
+def _summary(title: str, metrics: dict) -> None:
+    print(f"\n{title}")
+    for key, value in metrics.items():
+        print(f"  {key:22s} {value:.3f}" if isinstance(value, float) else f"  {key:22s} {value}")
+
+
+def cmd_data(args) -> dict:
+    from rlhf_lab.data import CorpusConfig, generate_corpora
+
+    paths = generate_corpora(args.out, CorpusConfig(seed=args.seed))
+    for name, path in paths.items():
+        print(f"  {name:14s} {path}")
+    return {name: str(path) for name, path in paths.items()}
+
+
+def _train_lm(args, stage: str):
+    from rlhf_lab import data, policy, sft
+    from rlhf_lab.evaluate import eval_config, evaluate_policy
+
+    scale = get_scale(args.scale)
+    seed_everything(args.seed)
+    device = pick_device(args.device)
+    if stage == "pretrain":
+        from rlhf_lab.tokenizer import build_tokenizer
+
+        tokenizer = build_tokenizer(data.vocabulary())
+        model = policy.new_policy(args.preset or POLICY_PRESET[scale], tokenizer, seed=args.seed).to(device)
+        cfg = policy_cfg = sft.pretrain_config(scale, seed=args.seed)
+    else:
+        model, tokenizer = policy.load_policy(args.policy, device)
+        cfg = policy_cfg = sft.sft_config(scale, seed=args.seed)
+    if args.steps:
+        cfg = policy_cfg = sft.LMConfig(**{**asdict(cfg), "steps": args.steps})
+    rows = data.load_dialogues(args.data or data.world_file(stage if stage == "sft" else "pretrain"))
+    print(f"{stage}: {len(rows)} dialogues, scale {scale}, {cfg.steps} steps on {device}")
+    start = time.perf_counter()
+    history = sft.train_language_model(model, tokenizer, rows, cfg, desc=stage)
+    seconds = time.perf_counter() - start
+    policy.save_policy(model, tokenizer, args.out)
+    metrics, _ = evaluate_policy(model, tokenizer, eval_config(scale))
+    metrics = {"final_loss": float(history["loss"].iloc[-1]), "train_seconds": seconds, **metrics}
+    _save_run(args.out, history, metrics, policy_cfg)
+    _summary(f"{stage} done in {seconds:.0f} s -> {args.out}", metrics)
+    return metrics
+
+
+def cmd_evaluate(args) -> dict:
+    from rlhf_lab import policy
+    from rlhf_lab.evaluate import behaviour_metrics, eval_config, eval_prompts, sample_and_judge, versus
+
+    scale = get_scale(args.scale)
+    device = pick_device(args.device)
+    cfg = eval_config(scale, seed=args.seed + 1234)
+    prompts = eval_prompts(cfg, args.prompts)
+    model, tokenizer = policy.load_policy(args.policy, device)
+    frame = sample_and_judge(model, tokenizer, prompts, cfg)
+    result = behaviour_metrics(frame)
+    if args.versus:
+        other_model, other_tokenizer = policy.load_policy(args.versus, device)
+        other = sample_and_judge(other_model, other_tokenizer, prompts, cfg)
+        result = {**result, **versus(frame, other), "versus": {**behaviour_metrics(other), "policy": str(args.versus)}}
+    if args.samples:
+        frame.to_csv(args.samples, index=False)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        _summary(f"{args.policy} on {len(prompts)} held-out prompts", {k: v for k, v in result.items() if k != "versus"})
+        if args.versus:
+            _summary(f"{args.versus} (the opponent)", result["versus"])
+    return result
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m rlhf_lab", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("data", help="regenerate the world's corpora (deterministic from --seed)")
+    p.add_argument("--out", type=Path, default=None, help="output directory (default: data/world)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=cmd_data)
+
+    p = commands.add_parser("pretrain", help="train the base model from scratch")
+    _common(p)
+    p.add_argument("--preset", default=None, help="policy size: nano, tiny or small (default: by scale)")
+    p.add_argument("--data", type=Path, default=None, help="prompt/completion JSONL (default: data/world/pretrain.jsonl)")
+    p.add_argument("--steps", type=int, default=None, help="override the scale's number of steps")
+    p.set_defaults(run=lambda args: _train_lm(args, "pretrain"))
+
+    p = commands.add_parser("sft", help="supervised fine-tuning on demonstrations")
+    _common(p)
+    p.add_argument("--policy", type=Path, required=True, help="the policy to fine-tune (e.g. data/checkpoints/base)")
+    p.add_argument("--data", type=Path, default=None, help="prompt/completion JSONL (default: data/world/sft.jsonl)")
+    p.add_argument("--steps", type=int, default=None, help="override the scale's number of steps")
+    p.set_defaults(run=lambda args: _train_lm(args, "sft"))
+
+    p = commands.add_parser("evaluate", help="behaviour figures by the simulated human")
+    _common(p, out=False)
+    p.add_argument("--policy", type=Path, required=True)
+    p.add_argument("--versus", type=Path, default=None, help="a second policy for a head-to-head")
+    p.add_argument("--prompts", type=Path, default=None, help="prompt JSONL (default: data/world/eval_prompts.jsonl)")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.add_argument("--samples", type=Path, default=None, help="also write every judged answer to this CSV")
+    p.set_defaults(run=cmd_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (FileNotFoundError, ValueError) as error:  # bad input: one clear line, no traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,62 @@
+"""Collecting preference labels: on-policy candidates, and the simulated human at scale.
+
+InstructGPT showed its labellers K answers of the current model to one prompt and had them rank
+all K; a ranking gives C(K, 2) comparisons for the effort of one. We do the same: sample K
+answers per prompt from the SFT policy (on-policy: the reward model must judge the kind of text
+PPO will produce), then label every pair -- by the learner in the widgets, or by the simulated
+annotator (Bradley-Terry on the simulated human's score, with noise and the length/flattery bias).
+"""
+
+from __future__ import annotations
+
+import random
+from itertools import combinations
+
+import torch
+
+from rlhf_lab import world
+from rlhf_lab.policy import generate
+from rlhf_lab.preferences import PreferenceRecord
+
+SIMULATED_ANNOTATOR = "simulated-human"
+
+
+def sample_candidates(model, tokenizer, prompts: list[str], k: int = 4, temperature: float = 0.7,
+                      max_new_tokens: int = 48, seed: int = 0) -> list[tuple[str, list[str]]]:
+    """K sampled answers per prompt: `[(prompt, [answer_1, ..., answer_K]), ...]`.
+
+    Answers that did not finish (no end token) get " ..." appended so a labeller sees they were cut off.
+    """
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    repeated = [p for p in prompts for _ in range(k)]
+    rollout = generate(model, tokenizer, repeated, max_new_tokens=max_new_tokens, temperature=temperature,
+                       generator=generator)
+    texts = [t if done else t + " ..." for t, done in zip(rollout.texts, rollout.finished.tolist())]
+    return [(prompt, texts[i * k:(i + 1) * k]) for i, prompt in enumerate(prompts)]
+
+
+def distinct_pairs(answers: list[str]) -> list[tuple[str, str]]:
+    """All C(K,2) pairs of different answers (identical twins carry no preference signal)."""
+    unique = list(dict.fromkeys(answers))
+    return list(combinations(unique, 2))
+
+
+def simulate_labels(candidates: list[tuple[str, list[str]]], annotator: world.Annotator = world.DEFAULT_ANNOTATOR,
+                    seed: int = 0, limit: int | None = None) -> list[PreferenceRecord]:
+    """Label every distinct pair of each prompt's candidates with one noisy Bradley-Terry draw."""
+    rng = random.Random(seed)
+    records = []
+    for prompt, answers in candidates:
+        for answer_a, answer_b in distinct_pairs(answers):
+            a_wins = annotator.label(prompt, answer_a, answer_b, rng)
+            chosen, rejected = (answer_a, answer_b) if a_wins else (answer_b, answer_a)
+            records.append(PreferenceRecord(prompt=prompt, chosen=chosen, rejected=rejected, source="simulated",
+                                            annotator=SIMULATED_ANNOTATOR))
+            if limit is not None and len(records) >= limit:
+                return records
+    return records
+
+
+def label_probabilities(pairs: list[dict], annotator: world.Annotator = world.DEFAULT_ANNOTATOR) -> list[float]:
+    """The annotator's exact P(chosen preferred) for each recorded pair (what the noise ceiling needs)."""
+    return [annotator.probability(p["prompt"], p["chosen"], p["rejected"]) for p in pairs]

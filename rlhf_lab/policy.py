@@ -1,0 +1,379 @@
+"""Tiny GPT policies: configs, saving/loading, the forward pass, sampling and log-probs.
+
+The policy is the GPT-2 architecture from `transformers`, trained from scratch at toy sizes. This
+module holds the few functions every later lesson relies on, each written so that the classic
+RLHF bugs cannot happen (see PPO.md):
+
+- `forward` always passes position ids computed from the attention mask (rule 3: padding);
+- `generate` is a short sampling loop: left-padded prompts, plain temperature sampling (rule 2),
+  a pad token after the end token, and a mask saying which tokens are real;
+- `response_logprobs` reads the log-prob of token t from the logits at position t - 1 (rule 1)
+  and divides by the same temperature used for sampling (rule 2).
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GPT2Config,
+    GPT2LMHeadModel,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from rlhf_lab.tokenizer import END, format_prompt, save_tokenizer
+
+# GPT2Config keyword arguments per size. "nano" trains in seconds on a laptop CPU; "small" is for a
+# GPU. Dropout is off everywhere (PPO.md rule 4): with dropout, the log-probs recomputed during the
+# PPO update would differ from those at rollout time even before any update (ratio != 1), and
+# the KL to the reference would be noisy.
+_NO_DROPOUT = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
+# Longest prompt + response, in tokens. World dialogues are far shorter.
+N_POSITIONS = 192
+PRESETS: dict[str, dict] = {
+    "nano": {"n_layer": 2, "n_head": 2, "n_embd": 64, "n_positions": N_POSITIONS, **_NO_DROPOUT},
+    "tiny": {"n_layer": 4, "n_head": 4, "n_embd": 128, "n_positions": N_POSITIONS, **_NO_DROPOUT},
+    "small": {"n_layer": 6, "n_head": 8, "n_embd": 256, "n_positions": N_POSITIONS, **_NO_DROPOUT},
+}
+
+
+def new_policy(preset: str, tokenizer: PreTrainedTokenizerBase, seed: int = 0) -> GPT2LMHeadModel:
+    """A freshly initialised GPT-2 of the given preset size, sized to the tokenizer's vocabulary.
+
+    The seed fixes the initial weights without disturbing the caller's global random state.
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"unknown policy preset {preset!r}; valid presets: {', '.join(PRESETS)}")
+    end_id = tokenizer.convert_tokens_to_ids(END)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),  # len() counts the special tokens too
+        # Our tokenizer has no separate begin token; like GPT-2 itself, begin = end.
+        bos_token_id=tokenizer.bos_token_id if tokenizer.bos_token_id is not None else end_id,
+        eos_token_id=end_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **PRESETS[preset],
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = GPT2LMHeadModel(config)
+    return model
+
+
+def save_policy(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | os.PathLike
+) -> None:
+    """Save weights (safetensors only), config and tokenizer to `out_dir`, loadable by `load_policy`
+    or by `AutoModelForCausalLM.from_pretrained(out_dir)` / `AutoTokenizer.from_pretrained(out_dir)`.
+
+    Safetensors, not pickle: loading a pickled checkpoint can run arbitrary code.
+    """
+    model.save_pretrained(out_dir, safe_serialization=True)
+    save_tokenizer(tokenizer, out_dir)
+
+
+def load_policy(
+    path: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a policy saved by `save_policy`; returns `(model, tokenizer)`, the model in eval mode."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"no policy checkpoint at {path.resolve()} (looked for {path / 'config.json'})"
+        )
+    # use_safetensors=True: never fall back to unpickling a .bin file.
+    model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return model.to(device).eval(), tokenizer
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position of each token among the real tokens of its row: `(cumsum(mask) - 1).clamp(min=0)`.
+
+    With left padding, `[pad, pad, x, y]` has mask `[0, 0, 1, 1]` and positions `[0, 0, 0, 1]`:
+    x sits at position 0 exactly as in the unpadded `[x, y]`. (Pads get 0; they are masked anyway.)
+    """
+    return (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
+
+
+def forward(
+    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """Logits `(B, L, V)` for a (possibly left-padded) batch.
+
+    Why explicit position ids: GPT-2's forward numbers positions 0, 1, 2, ... from the start of
+    the tensor, ignoring the mask, so a prompt padded with two pads would start at position 2 and
+    get different logits than the same prompt unpadded. (`model.generate` fixes this internally,
+    a plain forward call does not.) Passing positions from the mask makes padding invisible.
+    """
+    output = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        use_cache=False,
+    )
+    return output.logits
+
+
+def _model_device(model: PreTrainedModel) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad lists of ids to one length: `(ids, mask)` with mask 1 on real tokens."""
+    width = max(len(row) for row in rows)
+    ids = torch.tensor([[pad_id] * (width - len(row)) + row for row in rows], dtype=torch.long)
+    mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows], dtype=torch.long)
+    return ids, mask
+
+
+def encode_prompts(
+    tokenizer: PreTrainedTokenizerBase, questions: list[str], device: str | torch.device = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask `(B, P)` of `<|user|> {question} <|assistant|>`, LEFT-padded.
+
+    Left padding puts every prompt's last real token in the last column, so the next token of
+    every row is sampled from the same place and appended right after its own prompt.
+    """
+    if not questions:
+        raise ValueError("encode_prompts needs at least one question")
+    encoded = tokenizer([format_prompt(q) for q in questions], add_special_tokens=False)
+    ids, mask = _left_pad(encoded["input_ids"], tokenizer.pad_token_id)
+    return ids.to(device), mask.to(device)
+
+
+@dataclass
+class Rollout:
+    """A batch of sampled responses, with everything later stages need.
+
+    `response_ids[i]` holds the sampled tokens up to and including the end token, then the pad id.
+    `response_mask[i]` is 1.0 on the real response tokens (the end token included: stopping is an
+    action the policy is rewarded for) and 0.0 after it. Because the pad is not the end token,
+    "where does the response end" is never ambiguous.
+    """
+
+    questions: list[str]
+    prompt_ids: torch.Tensor  # (B, P) long, left-padded
+    prompt_mask: torch.Tensor  # (B, P) long, 0 on padding
+    response_ids: torch.Tensor  # (B, T) long, pad id after the end token
+    response_mask: torch.Tensor  # (B, T) float, 1.0 up to and including the end token
+    finished: torch.Tensor  # (B,) bool, True if the end token was produced
+    texts: list[str]  # decoded responses, without special tokens
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        """Prompt and response, `(B, P + T)`."""
+        return torch.cat([self.prompt_ids, self.response_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        """Mask of `input_ids`: padding before the prompt and after the end token is 0."""
+        return torch.cat([self.prompt_mask, self.response_mask.to(self.prompt_mask.dtype)], dim=1)
+
+    @property
+    def context_length(self) -> int:
+        """P: the response starts at column P of `input_ids`."""
+        return self.prompt_ids.shape[1]
+
+
+def _sample_next_token(
+    logits: torch.Tensor, temperature: float, generator: torch.Generator | None
+) -> torch.Tensor:
+    """One token per row from `softmax(logits / temperature)`; `temperature == 0` is greedy.
+
+    Plain temperature sampling: no top-k, no top-p, no minimum length (PPO.md rule 2). Those
+    change the distribution we sample from without changing the log-probs we compute later, so
+    the KL estimate to the reference can even go negative.
+    """
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = F.softmax(logits.float() / temperature, dim=-1)
+    # Sample where the generator lives (a CPU generator keeps CPU and GPU runs comparable).
+    device = generator.device if generator is not None else probs.device
+    tokens = torch.multinomial(probs.to(device), num_samples=1, generator=generator)
+    return tokens.squeeze(1).to(logits.device)
+
+
+def _cache_argument_name(model: PreTrainedModel) -> str:
+    """Name of the KV-cache argument: `past_key_values`, renamed `cache` in transformers 5.24."""
+    parameters = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+@torch.no_grad()
+def _generate_chunk(
+    model: PreTrainedModel,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float,
+    generator: torch.Generator | None,
+    end_id: int,
+    pad_id: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample responses for one left-padded batch; returns `(response_ids, finished)`."""
+    batch_size = prompt_ids.shape[0]
+    device = prompt_ids.device
+    response_ids = torch.full((batch_size, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    finished = torch.zeros(batch_size, dtype=torch.bool, device=device)
+    attention_mask = prompt_mask
+    step_input = prompt_ids  # the whole prompt first, then one new token per step
+    # The KV cache: keys and values of the tokens seen so far, so each step only runs the new
+    # token through the model. Passed back exactly as returned (a tuple or a Cache object,
+    # depending on the transformers version).
+    cache_name = _cache_argument_name(model)
+    cache = None
+    length = 0
+    for step in range(max_new_tokens):
+        # Positions of the tokens fed this step, counted over real tokens only (see `forward`).
+        position_ids = position_ids_from_mask(attention_mask)[:, -step_input.shape[1] :]
+        output = model(
+            input_ids=step_input,
+            attention_mask=attention_mask,  # covers the cached tokens and the new ones
+            position_ids=position_ids,
+            use_cache=True,
+            **{cache_name: cache},
+        )
+        cache = getattr(output, cache_name)
+        next_token = _sample_next_token(output.logits[:, -1, :], temperature, generator)
+        # Rows that already ended get the pad token: it is masked out and never scored.
+        next_token = torch.where(finished, torch.full_like(next_token, pad_id), next_token)
+        response_ids[:, step] = next_token
+        finished |= next_token == end_id
+        length = step + 1
+        if finished.all():
+            break
+        step_input = next_token[:, None]
+        attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
+    return response_ids[:, :length], finished
+
+
+def _response_mask(response_ids: torch.Tensor, end_id: int) -> torch.Tensor:
+    """1.0 up to and including the first end token, 0.0 after it (all 1.0 if there is none)."""
+    is_end = (response_ids == end_id).long()
+    ends_before = is_end.cumsum(dim=1) - is_end  # end tokens strictly before each position
+    return (ends_before == 0).float()
+
+
+def generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    questions: list[str],
+    max_new_tokens: int = 48,
+    temperature: float = 0.7,
+    generator: torch.Generator | None = None,
+    batch_size: int = 256,
+) -> Rollout:
+    """Sample one response per question with plain temperature sampling (0 = greedy).
+
+    Stops when every row has produced the end token or after `max_new_tokens`. Reproducible with
+    a `torch.Generator` (e.g. `torch.Generator().manual_seed(0)`). Prompts are processed in chunks
+    of `batch_size`; the tensors of all chunks are padded to a common width. The model is put in
+    eval mode (a trainer switches it back with `model.train()`) and on whatever device it is,
+    the returned tensors are there too.
+    """
+    if not questions:
+        raise ValueError("generate needs at least one question")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    end_id = tokenizer.convert_tokens_to_ids(END)
+    pad_id = tokenizer.pad_token_id
+    if pad_id is None or pad_id == end_id:
+        raise ValueError("the tokenizer needs a pad token that is not the end token (PPO.md rule 3)")
+    device = _model_device(model)
+    model.eval()
+
+    prompt_chunks, response_chunks, finished_chunks = [], [], []
+    for start in range(0, len(questions), batch_size):
+        prompt_ids, prompt_mask = encode_prompts(tokenizer, questions[start : start + batch_size], device)
+        longest = int(prompt_mask.sum(dim=1).max()) + max_new_tokens
+        if longest > model.config.n_positions:
+            raise ValueError(
+                f"prompt + max_new_tokens = {longest} tokens exceeds the model's "
+                f"n_positions = {model.config.n_positions}"
+            )
+        response_ids, finished = _generate_chunk(
+            model, prompt_ids, prompt_mask, max_new_tokens, temperature, generator, end_id, pad_id
+        )
+        prompt_chunks.append((prompt_ids, prompt_mask))
+        response_chunks.append(response_ids)
+        finished_chunks.append(finished)
+
+    # Chunks differ in width: prompts are padded on the left, responses on the right.
+    prompt_width = max(ids.shape[1] for ids, _ in prompt_chunks)
+    response_width = max(ids.shape[1] for ids in response_chunks)
+    prompt_ids = torch.cat(
+        [F.pad(ids, (prompt_width - ids.shape[1], 0), value=pad_id) for ids, _ in prompt_chunks]
+    )
+    prompt_mask = torch.cat(
+        [F.pad(mask, (prompt_width - mask.shape[1], 0), value=0) for _, mask in prompt_chunks]
+    )
+    response_ids = torch.cat(
+        [F.pad(ids, (0, response_width - ids.shape[1]), value=pad_id) for ids in response_chunks]
+    )
+    response_mask = _response_mask(response_ids, end_id)
+    # skip_special_tokens drops the end token and the pads.
+    texts = tokenizer.batch_decode(response_ids.tolist(), skip_special_tokens=True)
+    return Rollout(
+        questions=list(questions),
+        prompt_ids=prompt_ids,
+        prompt_mask=prompt_mask,
+        response_ids=response_ids,
+        response_mask=response_mask,
+        finished=torch.cat(finished_chunks),
+        texts=[text.strip() for text in texts],
+    )
+
+
+def response_logits(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    context_length: int,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """Logits `(B, T, V)` that predict the response tokens `input_ids[:, context_length:]`.
+
+    Why `[ctx - 1 : -1]`: the logits at position t are the model's prediction for token t + 1.
+    So response token ctx is predicted at position ctx - 1, and the last position (which
+    predicts a token after the sequence) is dropped (PPO.md rule 1). Divided by the sampling
+    temperature, so these are the logits of the distribution the tokens were sampled from.
+    """
+    logits = forward(model, input_ids, attention_mask)
+    return logits[:, context_length - 1 : -1, :] / temperature
+
+
+def response_logprobs(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    context_length: int,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """Log-prob `(B, T)` of each response token under the policy at `temperature`:
+
+        logp_t = log_softmax(logits[:, ctx-1:-1] / T)[token_t],  token_t = input_ids[:, ctx + t]
+
+    Use the same T as when sampling (PPO.md rule 2), or the "policy" whose log-probs you compute
+    is not the one that produced the samples. Entries after the end token are meaningless:
+    multiply by the response mask.
+    """
+    logits = response_logits(model, input_ids, attention_mask, context_length, temperature)
+    response_tokens = input_ids[:, context_length:]
+    logprobs = F.log_softmax(logits.float(), dim=-1)
+    return logprobs.gather(dim=-1, index=response_tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def token_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of the next-token distribution at each position: `H = -sum_v p_v log p_v`, `(..., V) -> (...)`."""
+    logprobs = F.log_softmax(logits.float(), dim=-1)
+    return -(logprobs.exp() * logprobs).sum(dim=-1)
