@@ -3,6 +3,9 @@
     data       regenerate the world's corpora under data/world
     pretrain   train the base model from scratch on the pretraining mix
     sft        fine-tune a policy on the demonstrations
+    label      sample answers from a policy and label pairs with the simulated human
+    reward     train a reward model on a preference file
+    ppo        PPO with a KL penalty against a reward model
     evaluate   behaviour figures of a policy (and, with --versus, a head-to-head)
 
 Every training command takes --scale {ci,laptop,gpu} and --out DIR, shows progress, saves a
@@ -14,14 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
-from dataclasses import asdict
 from pathlib import Path
 
-from rlhf_lab.config import SCALES, get_scale, pick_device, seed_everything
-
-POLICY_PRESET = {"ci": "nano", "laptop": "nano", "gpu": "small"}  # model size trained from scratch
-
+from rlhf_lab.config import SCALES, get_scale, pick_device
 
 def _common(parser: argparse.ArgumentParser, out: bool = True) -> None:
     parser.add_argument("--scale", choices=SCALES, default=None,
@@ -32,17 +30,10 @@ def _common(parser: argparse.ArgumentParser, out: bool = True) -> None:
         parser.add_argument("--out", required=True, type=Path, help="output directory")
 
 
-def _save_run(out: Path, history, metrics: dict, config) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    history.to_csv(out / "history.csv", index=False)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    (out / "train_config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
-
-
 def _summary(title: str, metrics: dict) -> None:
     print(f"\n{title}")
     for key, value in metrics.items():
-        print(f"  {key:22s} {value:.3f}" if isinstance(value, float) else f"  {key:22s} {value}")
+        print(f"  {key:26s} {value:.3f}" if isinstance(value, float) else f"  {key:26s} {value}")
 
 
 def cmd_data(args) -> dict:
@@ -54,34 +45,38 @@ def cmd_data(args) -> dict:
     return {name: str(path) for name, path in paths.items()}
 
 
-def _train_lm(args, stage: str):
-    from rlhf_lab import data, policy, sft
-    from rlhf_lab.evaluate import eval_config, evaluate_policy
+def cmd_train_lm(args, stage: str) -> dict:
+    from rlhf_lab.pipeline import train_lm_stage
 
-    scale = get_scale(args.scale)
-    seed_everything(args.seed)
-    device = pick_device(args.device)
-    if stage == "pretrain":
-        from rlhf_lab.tokenizer import build_tokenizer
+    metrics = train_lm_stage(stage, args.out, args.scale, getattr(args, "policy", None), args.data, args.steps,
+                             getattr(args, "preset", None), args.seed, args.device)
+    _summary(f"{stage} done in {metrics['train_seconds']:.0f} s -> {args.out}", metrics)
+    return metrics
 
-        tokenizer = build_tokenizer(data.vocabulary())
-        model = policy.new_policy(args.preset or POLICY_PRESET[scale], tokenizer, seed=args.seed).to(device)
-        cfg = policy_cfg = sft.pretrain_config(scale, seed=args.seed)
-    else:
-        model, tokenizer = policy.load_policy(args.policy, device)
-        cfg = policy_cfg = sft.sft_config(scale, seed=args.seed)
-    if args.steps:
-        cfg = policy_cfg = sft.LMConfig(**{**asdict(cfg), "steps": args.steps})
-    rows = data.load_dialogues(args.data or data.world_file(stage if stage == "sft" else "pretrain"))
-    print(f"{stage}: {len(rows)} dialogues, scale {scale}, {cfg.steps} steps on {device}")
-    start = time.perf_counter()
-    history = sft.train_language_model(model, tokenizer, rows, cfg, desc=stage)
-    seconds = time.perf_counter() - start
-    policy.save_policy(model, tokenizer, args.out)
-    metrics, _ = evaluate_policy(model, tokenizer, eval_config(scale))
-    metrics = {"final_loss": float(history["loss"].iloc[-1]), "train_seconds": seconds, **metrics}
-    _save_run(args.out, history, metrics, policy_cfg)
-    _summary(f"{stage} done in {seconds:.0f} s -> {args.out}", metrics)
+
+def cmd_label(args) -> dict:
+    from rlhf_lab.pipeline import label_stage
+
+    result = label_stage(args.policy, args.out, args.simulate, args.k, args.prompts, args.seed, args.device)
+    _summary(f"{result['written']} simulated labels appended to {args.out}", result)
+    return result
+
+
+def cmd_reward(args) -> dict:
+    from rlhf_lab.pipeline import reward_stage
+
+    metrics = reward_stage(args.prefs, args.out, args.scale, args.policy, args.seed, args.device)
+    _summary(f"reward model trained in {metrics['train_seconds']:.0f} s -> {args.out}", metrics)
+    return metrics
+
+
+def cmd_ppo(args) -> dict:
+    from rlhf_lab.pipeline import ppo_stage
+
+    overrides = {"iterations": args.iterations} if args.iterations else {}
+    metrics = ppo_stage(args.out, args.scale, args.policy, args.reward, args.seed, args.device, resume=args.resume,
+                        **overrides)
+    _summary(f"PPO done in {metrics['train_seconds']:.0f} s -> {args.out}", {k: v for k, v in metrics.items() if k != "sft"})
     return metrics
 
 
@@ -126,14 +121,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default=None, help="policy size: nano, tiny or small (default: by scale)")
     p.add_argument("--data", type=Path, default=None, help="prompt/completion JSONL (default: data/world/pretrain.jsonl)")
     p.add_argument("--steps", type=int, default=None, help="override the scale's number of steps")
-    p.set_defaults(run=lambda args: _train_lm(args, "pretrain"))
+    p.set_defaults(run=lambda args: cmd_train_lm(args, "pretrain"))
 
     p = commands.add_parser("sft", help="supervised fine-tuning on demonstrations")
     _common(p)
     p.add_argument("--policy", type=Path, required=True, help="the policy to fine-tune (e.g. data/checkpoints/base)")
     p.add_argument("--data", type=Path, default=None, help="prompt/completion JSONL (default: data/world/sft.jsonl)")
     p.add_argument("--steps", type=int, default=None, help="override the scale's number of steps")
-    p.set_defaults(run=lambda args: _train_lm(args, "sft"))
+    p.set_defaults(run=lambda args: cmd_train_lm(args, "sft"))
+
+    p = commands.add_parser("label", help="label answer pairs with the simulated human (appends to a store)")
+    p.add_argument("--simulate", type=int, required=True, metavar="N", help="number of labelled pairs to add")
+    p.add_argument("--policy", type=Path, required=True, help="the policy whose answers are compared (SFT)")
+    p.add_argument("--out", type=Path, required=True, help="preference store (JSONL, appended to)")
+    p.add_argument("--k", type=int, default=4, help="answers sampled per prompt (all C(K,2) pairs are labelled)")
+    p.add_argument("--prompts", type=Path, default=None, help="prompt JSONL (default: data/world/prompts.jsonl)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=cmd_label)
+
+    p = commands.add_parser("reward", help="train a Bradley-Terry reward model on a preference file")
+    _common(p)
+    p.add_argument("--prefs", type=Path, required=True, help="preference store (JSONL)")
+    p.add_argument("--policy", type=Path, default=None, help="SFT policy to start from (default: the newest sft)")
+    p.set_defaults(run=cmd_reward)
+
+    p = commands.add_parser("ppo", help="PPO with a KL penalty against a reward model")
+    _common(p)
+    p.add_argument("--policy", type=Path, default=None, help="SFT policy (default: the newest sft)")
+    p.add_argument("--reward", type=Path, default=None, help="reward model (default: the newest reward)")
+    p.add_argument("--iterations", type=int, default=None, help="override the scale's number of iterations")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.set_defaults(run=cmd_ppo)
 
     p = commands.add_parser("evaluate", help="behaviour figures by the simulated human")
     _common(p, out=False)

@@ -5,11 +5,26 @@ its log-prob, value and reward. `mask` is 1 on real response tokens (up to and i
 token) and 0 on pads; pad slots may hold junk and are never read.
 """
 
-import torch
-from torch import Tensor
+import copy
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
-from rlhf_lab.kl import kl_k3
-from rlhf_lab.masked import check_same_shape, masked_mean, masked_var
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+from transformers import GPT2Model
+
+from rlhf_lab import world
+from rlhf_lab.config import for_scale
+from rlhf_lab.kl import AdaptiveKLController, FixedKLController, kl_k3, kl_penalised_rewards
+from rlhf_lab.masked import check_same_shape, masked_mean, masked_var, masked_whiten
+from rlhf_lab.policy import generate, position_ids_from_mask, response_logits, response_logprobs, save_policy
 
 # =====================================================================================
 # The PPO formulas: short pure functions, tensors in, tensors out.
@@ -170,3 +185,261 @@ def entropy_from_logits(logits: Tensor, mask: Tensor) -> Tensor:
     probs = torch.softmax(logits, dim=-1)
     entropy = torch.logsumexp(logits, dim=-1) - (probs * logits).sum(dim=-1)
     return masked_mean(entropy, mask)
+
+
+# =====================================================================================
+# The critic: a value for every token, from its own copy of the reward model's backbone.
+# =====================================================================================
+
+
+class ValueModel(nn.Module):
+    """V(prefix): the expected final reward from here on, one value per position.
+
+    A separate network (as in lm-human-preferences and TRL), started from the reward model's
+    backbone, which already knows what good answers look like; the head starts at zero so the
+    first advantages are plain rewards-to-go rather than noise.
+    """
+
+    def __init__(self, backbone: GPT2Model):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(backbone.config.n_embd, 1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
+                               position_ids=position_ids_from_mask(attention_mask)).last_hidden_state
+        return self.head(hidden).squeeze(-1)
+
+
+def response_values(critic: ValueModel, input_ids: Tensor, attention_mask: Tensor, context_length: int) -> Tensor:
+    """Values of the states before each response token: the same `[ctx-1:-1]` slice as the log-probs."""
+    return critic(input_ids, attention_mask)[:, context_length - 1:-1]
+
+
+# =====================================================================================
+# The trainer: rollout, score, advantages, a few epochs of clipped updates. One loop.
+# =====================================================================================
+
+
+@dataclass
+class PPOConfig:
+    iterations: int = 40  # rollout + update rounds
+    batch_size: int = 64  # prompts per rollout
+    minibatch_size: int = 16
+    ppo_epochs: int = 4  # passes over each rollout batch, a fresh permutation each time
+    lr: float = 3e-5
+    value_lr: float = 1e-4
+    temperature: float = 0.7  # sampling AND every log-prob recomputation (PPO.md rule 2)
+    max_new_tokens: int = 64
+    beta: float = 0.05  # initial KL coefficient β
+    adaptive_kl: bool = True
+    # The classic target (6 nats for 24-token GPT-2 continuations) scaled to our ~15-token
+    # answers, where the whole useful change (e.g. refusing -> answering) costs a few nats.
+    kl_target: float = 4.0
+    kl_horizon: int = 10000
+    gamma: float = 1.0
+    lam: float = 0.95
+    clip_eps: float = 0.2
+    value_clip_eps: float = 0.2
+    vf_coef: float = 0.1
+    grad_clip: float = 1.0
+    missing_end_penalty: float = -1.0  # added to the score of answers cut off at max_new_tokens
+    seed: int = 0
+    save_every: int = 10  # iterations between checkpoints (the last good one survives a crash)
+
+
+PPO_PRESETS = {
+    "ci": dict(iterations=12, batch_size=32, minibatch_size=16, ppo_epochs=2),
+    "laptop": dict(),
+    "gpu": dict(iterations=80, batch_size=128, minibatch_size=32),
+}
+
+
+def ppo_config(scale: str | None = None, **overrides) -> PPOConfig:
+    return for_scale(PPOConfig, PPO_PRESETS, scale, **overrides)
+
+
+def _check_finite(stats: dict[str, float], iteration: int) -> None:
+    """Stop at the first NaN/inf statistic, naming it: silent NaNs ruin every later number."""
+    for name, value in stats.items():
+        if isinstance(value, float) and not math.isfinite(value) and name != "explained_variance":
+            raise FloatingPointError(f"PPO: statistic {name!r} is {value} at iteration {iteration}; "
+                                     "training stopped (the last saved checkpoint is kept)")
+
+
+class PPOTrainer:
+    """PPO with a KL penalty to a frozen reference, on the prompts of the world.
+
+    `train()` is the whole algorithm in one loop; everything else here is bookkeeping.
+    """
+
+    def __init__(self, policy, reference, reward_model, tokenizer, prompts: list[str], cfg: PPOConfig,
+                 critic: ValueModel | None = None):
+        self.cfg, self.tokenizer, self.prompts = cfg, tokenizer, prompts
+        self.policy = policy
+        self.device = next(policy.parameters()).device
+        # Frozen reference and reward model: eval mode, no gradients (PPO.md rule 4).
+        self.reference = reference.eval().requires_grad_(False)
+        self.reward_model = reward_model.eval().requires_grad_(False)
+        self.critic = critic or ValueModel(copy.deepcopy(reward_model.backbone)).to(self.device)
+        self.critic.requires_grad_(True)
+        self.policy_optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=cfg.value_lr, eps=1e-5)
+        self.kl_controller = (AdaptiveKLController(cfg.beta, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
+                              else FixedKLController(cfg.beta))
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.iteration = 0
+        self.history: list[dict] = []
+
+    @torch.no_grad()
+    def rollout(self, questions: list[str]) -> dict:
+        """Sample answers and compute everything the update needs, with the pre-update policy."""
+        cfg = self.cfg
+        started = time.perf_counter()
+        rollout = generate(self.policy, self.tokenizer, questions, cfg.max_new_tokens, cfg.temperature,
+                           self.generator)
+        generation_seconds = time.perf_counter() - started
+        input_ids, attention_mask = rollout.input_ids.to(self.device), rollout.attention_mask.to(self.device)
+        ctx, mask = rollout.context_length, rollout.response_mask.to(self.device)
+        logprobs = response_logprobs(self.policy, input_ids, attention_mask, ctx, cfg.temperature)
+        ref_logprobs = response_logprobs(self.reference, input_ids, attention_mask, ctx, cfg.temperature)
+        values = response_values(self.critic, input_ids, attention_mask, ctx)
+        # The reward model reads the last real token: the end token (PPO.md rules 5 and 6).
+        scores = self.reward_model(input_ids, attention_mask).float()
+        finished = rollout.finished.to(self.device)
+        # No end token: a fixed penalty, so "never stop" cannot be a way to dodge a bad score (rule 7).
+        penalised_scores = torch.where(finished, scores, scores + cfg.missing_end_penalty)
+        rewards, kl = kl_penalised_rewards(penalised_scores, logprobs, ref_logprobs, mask, self.kl_controller.beta)
+        advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
+        advantages = masked_whiten(advantages, mask)  # after the returns were computed (rule 8, 9)
+        scoring_seconds = time.perf_counter() - started - generation_seconds
+        return dict(rollout=rollout, input_ids=input_ids, attention_mask=attention_mask, ctx=ctx, mask=mask,
+                    logprobs=logprobs, ref_logprobs=ref_logprobs, values=values, scores=scores, kl=kl,
+                    rewards=rewards, advantages=advantages, returns=returns, finished=finished,
+                    generation_seconds=generation_seconds, scoring_seconds=scoring_seconds)
+
+    def update(self, batch: dict) -> dict[str, float]:
+        """`ppo_epochs` passes of clipped policy and value updates over minibatches of the rollout."""
+        cfg = self.cfg
+        self.policy.train()
+        self.critic.train()
+        size = batch["input_ids"].shape[0]
+        stats: dict[str, list[float]] = {}
+        first_minibatch = None
+        for epoch in range(cfg.ppo_epochs):
+            order = torch.randperm(size, generator=self.generator).tolist()  # fresh each epoch (rule 12)
+            for start in range(0, size, cfg.minibatch_size):
+                index = order[start:start + cfg.minibatch_size]
+                ids, attention, mask = batch["input_ids"][index], batch["attention_mask"][index], batch["mask"][index]
+                logits = response_logits(self.policy, ids, attention, batch["ctx"], cfg.temperature).float()
+                logprobs = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, batch["ctx"]:].unsqueeze(-1)).squeeze(-1)
+                policy_loss, policy_stats = ppo_policy_loss(logprobs, batch["logprobs"][index],
+                                                            batch["advantages"][index], mask, cfg.clip_eps)
+                values = response_values(self.critic, ids, attention, batch["ctx"])
+                value_loss, value_stats = ppo_value_loss(values, batch["values"][index], batch["returns"][index],
+                                                         mask, cfg.value_clip_eps)
+                loss = policy_loss + cfg.vf_coef * value_loss
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"PPO: the loss is {loss.item()} at iteration {self.iteration}; "
+                                             "training stopped (the last saved checkpoint is kept)")
+                self.policy_optimizer.zero_grad(set_to_none=True)
+                self.critic_optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip)
+                torch.nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.grad_clip)
+                self.policy_optimizer.step()
+                self.critic_optimizer.step()
+                step_stats = {"policy_loss": policy_loss.item(), "value_loss": value_loss.item(),
+                              "entropy": entropy_from_logits(logits.detach(), mask).item(), **policy_stats,
+                              **value_stats}
+                if first_minibatch is None:  # before any step: ratio must be exactly 1 (PPO.md)
+                    first_minibatch = dict(policy_stats)
+                for name, value in step_stats.items():
+                    stats.setdefault(name, []).append(value)
+        self.policy.eval()
+        self.critic.eval()
+        means = {name: sum(values) / len(values) for name, values in stats.items()}
+        means["first_minibatch_approx_kl"] = first_minibatch["approx_kl"]
+        means["first_minibatch_clip_fraction"] = first_minibatch["clip_fraction"]
+        return means
+
+    def train(self, callback: Callable[[pd.DataFrame], None] | None = None, progress: bool = True,
+              out: str | Path | None = None) -> pd.DataFrame:
+        """The PPO loop. `callback(history)` after every iteration (a live plot, say)."""
+        cfg = self.cfg
+        bar = tqdm(range(self.iteration, cfg.iterations), desc="PPO", disable=not progress)
+        for self.iteration in bar:
+            pick = torch.randint(len(self.prompts), (cfg.batch_size,), generator=self.generator).tolist()
+            questions = [self.prompts[i] for i in pick]
+            batch = self.rollout(questions)
+            started = time.perf_counter()
+            update_stats = self.update(batch)
+            update_seconds = time.perf_counter() - started
+            mask, rollout = batch["mask"], batch["rollout"]
+            kl_per_sequence = (batch["kl"] * mask).sum(dim=1)
+            k3 = (kl_k3(batch["logprobs"], batch["ref_logprobs"]) * mask).sum(dim=1)
+            true_scores = [world.judge(q, t, f).total for q, t, f in zip(questions, rollout.texts, rollout.finished.tolist())]
+            row = {
+                "iteration": self.iteration, "reward": batch["scores"].mean().item(),
+                "true_score": sum(true_scores) / len(true_scores),  # never used for training
+                "kl": kl_per_sequence.mean().item(), "kl_k3": k3.mean().item(), "beta": self.kl_controller.beta,
+                "response_length": mask.sum(dim=1).mean().item(), "finished_rate": batch["finished"].float().mean().item(),
+                "explained_variance": float(explained_variance(batch["values"], batch["returns"], mask)),
+                **update_stats, "generation_seconds": batch["generation_seconds"],
+                "scoring_seconds": batch["scoring_seconds"], "update_seconds": update_seconds,
+            }
+            _check_finite(row, self.iteration)
+            # Adapt β with the batch mean of the summed per-token k1 (PPO.md rule 13).
+            self.kl_controller.update(row["kl"], cfg.batch_size)
+            self.history.append(row)
+            bar.set_postfix(reward=f"{row['reward']:.2f}", true=f"{row['true_score']:.2f}", kl=f"{row['kl']:.2f}")
+            if callback is not None:
+                callback(self.history_frame())
+            if out is not None and ((self.iteration + 1) % cfg.save_every == 0 or self.iteration + 1 == cfg.iterations):
+                self.save(out)
+        self.iteration = cfg.iterations
+        return self.history_frame()
+
+    def history_frame(self) -> pd.DataFrame:
+        frame = pd.DataFrame(self.history)
+        frame.attrs["config"] = asdict(self.cfg)
+        return frame
+
+    # ----- checkpoints: safetensors and JSON only, so resuming never unpickles anything -----
+
+    def save(self, out: str | Path) -> None:
+        out = Path(out)
+        save_policy(self.policy, self.tokenizer, out)
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.critic.state_dict().items()},
+                  str(out / "critic.safetensors"))
+        for name, optimizer in (("policy", self.policy_optimizer), ("critic", self.critic_optimizer)):
+            state = optimizer.state_dict()["state"]
+            save_file({f"{index}.{key}": value.detach().cpu().contiguous().reshape(value.shape)
+                       for index, entries in state.items() for key, value in entries.items()},
+                      str(out / f"{name}_optimizer.safetensors"))
+        self.history_frame().to_csv(out / "history.csv", index=False)
+        (out / "trainer_state.json").write_text(json.dumps(
+            {"iteration": self.iteration + 1, "beta": self.kl_controller.beta, "config": asdict(self.cfg),
+             "generator_state": self.generator.get_state().tolist()}, indent=1))
+
+    def resume(self, path: str | Path) -> None:
+        """Continue from a checkpoint written by `save` (policy weights are loaded by the caller)."""
+        path = Path(path)
+        state_file = path / "trainer_state.json"
+        if not state_file.is_file():
+            raise FileNotFoundError(f"no PPO checkpoint to resume at {path.resolve()} (looked for {state_file})")
+        state = json.loads(state_file.read_text())
+        self.critic.load_state_dict(load_file(str(path / "critic.safetensors")))
+        for name, optimizer in (("policy", self.policy_optimizer), ("critic", self.critic_optimizer)):
+            tensors = load_file(str(path / f"{name}_optimizer.safetensors"))
+            saved = optimizer.state_dict()
+            for key, value in tensors.items():
+                index, entry = key.split(".", 1)
+                saved["state"].setdefault(int(index), {})[entry] = value
+            optimizer.load_state_dict(saved)
+        self.iteration = state["iteration"]
+        self.kl_controller.beta = state["beta"]
+        self.generator.set_state(torch.tensor(state["generator_state"], dtype=torch.uint8))
+        self.history = pd.read_csv(path / "history.csv").to_dict("records")

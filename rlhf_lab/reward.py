@@ -8,7 +8,6 @@ as a coin whose bias depends only on the difference of two hidden scores:
 Training the reward model r = maximising the likelihood of the observed choices.
 """
 
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -297,3 +296,43 @@ def calibration_table(predicted: Tensor, bins: int = 10) -> pd.DataFrame:
             rows.append({"bin": b, "predicted": probabilities[inside].mean().item(),
                          "observed": observed[inside].mean().item(), "pairs": int(inside.sum())})
     return pd.DataFrame(rows)
+
+
+def _correlation(x: list[float], y: list[float]) -> float:
+    return float(torch.corrcoef(torch.tensor([x, y], dtype=torch.float64))[0, 1])
+
+
+def bias_probe(reward_model: RewardModel, tokenizer, prompts: list[str], answers: list[str]) -> dict[str, float]:
+    """Does the reward model like length and flattery more than the simulated human does?
+
+    Correlations over the same answers: reward vs number of words (and flattering phrases), next
+    to the simulated human's total vs the same. A reward model that learned the labellers' bias
+    shows a higher correlation than the true score.
+    """
+    from rlhf_lab import world
+
+    rewards = score_answers(reward_model, tokenizer, prompts, answers).tolist()
+    truths = [world.judge(p, a).total for p, a in zip(prompts, answers)]
+    lengths = [len(world.words_of(world.normalise(a))) for a in answers]
+    flattery = [world._count(world.normalise(a), world.FLATTERY) for a in answers]
+    return {"length_correlation": _correlation(rewards, lengths), "judge_length_correlation": _correlation(truths, lengths),
+            "flattery_correlation": _correlation(rewards, flattery),
+            "judge_flattery_correlation": _correlation(truths, flattery),
+            "reward_judge_correlation": _correlation(rewards, truths)}
+
+
+def reward_report(reward_model: RewardModel, tokenizer, heldout_pairs: list[dict], annotator=None) -> dict:
+    """Held-out accuracy (overall and per family), calibration error and the bias probe."""
+    from rlhf_lab import world
+
+    predicted = predicted_preferences(reward_model, tokenizer, heldout_pairs)
+    correct = (predicted > 0.5).float()
+    families = [(world.parse_prompt(p["prompt"]) or world.Prompt("unknown", "", "")).family for p in heldout_pairs]
+    per_family = {f: float(correct[[i for i, g in enumerate(families) if g == f]].mean()) for f in sorted(set(families))}
+    calibration = calibration_table(predicted)
+    expected_calibration_error = float((calibration["pairs"] * (calibration["predicted"] - calibration["observed"]).abs()).sum()
+                                       / calibration["pairs"].sum())
+    answers = list(dict.fromkeys((p["prompt"], a) for p in heldout_pairs for a in (p["chosen"], p["rejected"])))
+    return {"heldout_accuracy": float(correct.mean()), "accuracy_by_family": per_family,
+            "calibration_error": expected_calibration_error,
+            **bias_probe(reward_model, tokenizer, [p for p, _ in answers], [a for _, a in answers])}

@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from rlhf_lab.config import for_scale

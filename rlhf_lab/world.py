@@ -351,7 +351,7 @@ def _ideal(p: Prompt, rng: random.Random) -> str:
 
 def _wrong(p: Prompt, rng: random.Random) -> str:
     """Fabricated or false: a wrong number or fact, or a confident made-up claim."""
-    s, tid, c = p.slot, p.template, rng.choice
+    tid, c = p.template, rng.choice
     if p.family == "arithmetic":
         answer = int(p.expected)
         wrong = str(max(0, answer + c([-3, -2, -1, 1, 2, 3, 10])))

@@ -1,0 +1,162 @@
+"""Each stage of RLHF as one function: what the command line and `pipeline` run.
+
+The lessons do the same steps cell by cell; these functions chain them with files in between:
+
+    pretrain -> base/ -> sft -> sft/ -> label -> preferences.jsonl -> reward -> reward/ -> ppo -> ppo/
+
+Every stage writes its checkpoint (safetensors) plus `metrics.json` and `history.csv`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+
+from rlhf_lab import data, policy, world
+from rlhf_lab.config import get_scale, pick_device, seed_everything
+from rlhf_lab.evaluate import eval_config, evaluate_policy
+
+POLICY_PRESET = {"ci": "nano", "laptop": "nano", "gpu": "small"}  # model size trained from scratch
+
+
+def save_run(out: Path, history: pd.DataFrame | None, metrics: dict, config=None) -> None:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if history is not None:
+        history.to_csv(out / "history.csv", index=False)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    if config is not None:
+        (out / "train_config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
+
+
+def train_lm_stage(stage: str, out: Path, scale: str | None = None, policy_dir: Path | None = None,
+                   data_path: Path | None = None, steps: int | None = None, preset: str | None = None,
+                   seed: int = 0, device: str | None = None, progress: bool = True) -> dict:
+    """`pretrain` (a new model on the pretraining mix) or `sft` (fine-tune `policy_dir` on demonstrations)."""
+    from rlhf_lab import sft
+
+    scale = get_scale(scale)
+    seed_everything(seed)
+    device = pick_device(device)
+    if stage == "pretrain":
+        from rlhf_lab.tokenizer import build_tokenizer
+
+        tokenizer = build_tokenizer(data.vocabulary())
+        model = policy.new_policy(preset or POLICY_PRESET[scale], tokenizer, seed=seed).to(device)
+        overrides = {"seed": seed, **({"steps": steps} if steps else {})}
+        cfg = sft.pretrain_config(scale, **overrides)
+    else:
+        model, tokenizer = policy.load_policy(policy_dir, device)
+        cfg = sft.sft_config(scale, seed=seed, **({"steps": steps} if steps else {}))
+    rows = data.load_dialogues(data_path or data.world_file("pretrain" if stage == "pretrain" else "sft"))
+    if progress:
+        print(f"{stage}: {len(rows)} dialogues, scale {scale}, {cfg.steps} steps on {device}")
+    start = time.perf_counter()
+    history = sft.train_language_model(model, tokenizer, rows, cfg, progress=progress, desc=stage)
+    seconds = time.perf_counter() - start
+    policy.save_policy(model, tokenizer, out)
+    metrics, _ = evaluate_policy(model, tokenizer, eval_config(scale))
+    metrics = {"final_loss": float(history["loss"].iloc[-1]), "train_seconds": seconds, **metrics}
+    save_run(out, history, metrics, cfg)
+    return metrics
+
+
+def label_stage(policy_dir: Path, out: Path, n_pairs: int, k: int = 4, prompts_path: Path | None = None,
+                seed: int = 0, device: str | None = None, annotator: world.Annotator = world.DEFAULT_ANNOTATOR) -> dict:
+    """Sample K answers per training prompt from the policy and label their pairs with the simulated human."""
+    from rlhf_lab.labelling import label_probabilities, sample_candidates, simulate_labels
+    from rlhf_lab.preferences import PreferenceStore
+
+    model, tokenizer = policy.load_policy(policy_dir, pick_device(device))
+    prompts = [row["prompt"] for row in data.load_prompts(prompts_path or data.world_file("prompts"))]
+    store = PreferenceStore(out)
+    records, start = [], 0
+    while len(records) < n_pairs and start < len(prompts):
+        # Each prompt gives up to C(K,2) pairs; sample in chunks until there are enough.
+        chunk = prompts[start:start + max(16, (n_pairs - len(records)) // 3)]
+        candidates = sample_candidates(model, tokenizer, chunk, k=k, seed=seed + start)
+        records += simulate_labels(candidates, annotator, seed=seed + start, limit=n_pairs - len(records))
+        start += len(chunk)
+    written = store.add_many(records)
+    pairs = [{"prompt": r.prompt, "chosen": r.chosen, "rejected": r.rejected} for r in records]
+    return {"pairs": len(records), "written": sum(written), "prompts": start, "store": str(out),
+            "noise_ceiling": world.noise_ceiling(label_probabilities(pairs, annotator)),
+            "annotator": asdict(annotator)}
+
+
+def reward_stage(prefs_path: Path, out: Path, scale: str | None = None, policy_dir: Path | None = None,
+                 seed: int = 0, device: str | None = None, progress: bool = True,
+                 annotator: world.Annotator = world.DEFAULT_ANNOTATOR) -> dict:
+    """Train a reward model on a preference file, normalise it on SFT samples, measure it."""
+    from rlhf_lab import reward
+    from rlhf_lab.config import find_checkpoint
+    from rlhf_lab.labelling import label_probabilities, sample_candidates
+    from rlhf_lab.preferences import PreferenceStore
+
+    scale = get_scale(scale)
+    seed_everything(seed)
+    device = pick_device(device)
+    cfg = reward.reward_config(scale, seed=seed)
+    store = PreferenceStore(prefs_path)
+    if not len(store):
+        raise ValueError(f"{prefs_path}: no preference records; make some with "
+                         "python -m rlhf_lab label --simulate 6000 --policy DIR --out FILE")
+    pairs = reward.pairs_from_records(store.records, cfg.learner_weight)
+    train_pairs, heldout_pairs = reward.split_by_prompt(pairs, cfg.heldout_fraction, seed)
+    policy_dir = Path(policy_dir or find_checkpoint("sft"))
+    sft_model, tokenizer = policy.load_policy(policy_dir, device)
+    reward_model = reward.RewardModel.from_policy(sft_model).to(device)
+    start = time.perf_counter()
+    history = reward.train_reward_model(reward_model, tokenizer, train_pairs, cfg, progress=progress)
+    seconds = time.perf_counter() - start
+    # Normalise on fresh samples of the starting policy (PPO.md rule 6).
+    prompts = [row["prompt"] for row in data.load_prompts(data.world_file("prompts"))[:256]]
+    candidates = sample_candidates(sft_model, tokenizer, prompts, k=1, seed=seed + 99)
+    reward.normalise(reward_model, tokenizer, [p for p, _ in candidates], [a[0] for _, a in candidates])
+    reward_model.save(out, tokenizer)
+    metrics = {"train_seconds": seconds, "train_pairs": len(train_pairs), "heldout_pairs": len(heldout_pairs),
+               **reward.reward_report(reward_model, tokenizer, heldout_pairs, annotator)}
+    metrics["noise_ceiling"] = world.noise_ceiling(label_probabilities(heldout_pairs, annotator))
+    save_run(out, history, metrics, cfg)
+    return metrics
+
+
+def ppo_stage(out: Path, scale: str | None = None, policy_dir: Path | None = None, reward_dir: Path | None = None,
+              seed: int = 0, device: str | None = None, progress: bool = True, resume: bool = False,
+              callback=None, **overrides) -> dict:
+    """PPO from the SFT policy against the reward model; evaluated against SFT when done."""
+    from rlhf_lab import ppo, reward
+    from rlhf_lab.config import find_checkpoint
+    from rlhf_lab.evaluate import behaviour_metrics, eval_prompts, sample_and_judge, versus
+
+    scale = get_scale(scale)
+    seed_everything(seed)
+    device = pick_device(device)
+    cfg = ppo.ppo_config(scale, seed=seed, **overrides)
+    policy_dir = Path(policy_dir or find_checkpoint("sft"))
+    start_dir = Path(out) if resume else policy_dir
+    model, tokenizer = policy.load_policy(start_dir, device)
+    reference, _ = policy.load_policy(policy_dir, device)
+    reward_model, _ = reward.RewardModel.load(reward_dir or find_checkpoint("reward"), device)
+    prompts = [row["prompt"] for row in data.load_prompts(data.world_file("prompts"))]
+    trainer = ppo.PPOTrainer(model, reference, reward_model, tokenizer, prompts, cfg)
+    if resume:
+        trainer.resume(out)
+    start = time.perf_counter()
+    history = trainer.train(callback=callback, progress=progress, out=out)
+    seconds = time.perf_counter() - start
+    evaluation = eval_config(scale)
+    prompts_for_eval = eval_prompts(evaluation)
+    ppo_frame = sample_and_judge(model, tokenizer, prompts_for_eval, evaluation)
+    sft_frame = sample_and_judge(reference, tokenizer, prompts_for_eval, evaluation)
+    metrics = {"train_seconds": seconds, **behaviour_metrics(ppo_frame), **versus(ppo_frame, sft_frame),
+               "final_kl": float(history["kl"].iloc[-5:].mean()), "final_beta": float(history["beta"].iloc[-1]),
+               "final_reward": float(history["reward"].iloc[-5:].mean()),
+               "sft": behaviour_metrics(sft_frame)}
+    save_run(out, history, metrics, cfg)
+    ppo_frame.to_csv(Path(out) / "samples.csv", index=False)
+    return metrics
