@@ -6,6 +6,7 @@
     label      sample answers from a policy and label pairs with the simulated human
     reward     train a reward model on a preference file
     ppo        PPO with a KL penalty against a reward model
+    pipeline   every stage end to end (data -> SFT -> labels -> reward model -> PPO -> report)
     evaluate   behaviour figures of a policy (and, with --versus, a head-to-head)
 
 Every training command takes --scale {ci,laptop,gpu} and --out DIR, shows progress, saves a
@@ -78,6 +79,21 @@ def cmd_ppo(args) -> dict:
                         **overrides)
     _summary(f"PPO done in {metrics['train_seconds']:.0f} s -> {args.out}", {k: v for k, v in metrics.items() if k != "sft"})
     return metrics
+
+
+def cmd_pipeline(args) -> dict:
+    from rlhf_lab.pipeline import run_pipeline
+
+    report = run_pipeline(args.out, args.scale, args.pretrain, args.pairs, args.seed, args.device)
+    print(f"\nreport: {args.out / 'report.json'}, plots: {args.out / 'ppo_training.png'}, {args.out / 'behaviour.png'}")
+    for stage in ("sft", "ppo"):
+        _summary(stage, {k: v for k, v in report[stage].items() if k in SUMMARY_KEYS})
+    _summary("seconds per stage", report["stage_seconds"])
+    return report
+
+
+SUMMARY_KEYS = ("mean_score", "flawed_rate", "refusal_rate_harmful", "over_refusal_rate", "arithmetic_accuracy",
+                "fact_accuracy", "win_rate", "final_kl")
 
 
 def cmd_evaluate(args) -> dict:
@@ -153,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, default=None, help="override the scale's number of iterations")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.set_defaults(run=cmd_ppo)
+
+    p = commands.add_parser("pipeline", help="every stage end to end, with a report")
+    _common(p)
+    p.add_argument("--pretrain", action="store_true", help="pretrain a base model too (default: the shipped base)")
+    p.add_argument("--pairs", type=int, default=None, help="simulated preference pairs (default: by scale)")
+    p.set_defaults(run=cmd_pipeline)
 
     p = commands.add_parser("evaluate", help="behaviour figures by the simulated human")
     _common(p, out=False)

@@ -74,16 +74,19 @@ def label_stage(policy_dir: Path, out: Path, n_pairs: int, k: int = 4, prompts_p
     model, tokenizer = policy.load_policy(policy_dir, pick_device(device))
     prompts = [row["prompt"] for row in data.load_prompts(prompts_path or data.world_file("prompts"))]
     store = PreferenceStore(out)
-    records, start = [], 0
-    while len(records) < n_pairs and start < len(prompts):
-        # Each prompt gives up to C(K,2) pairs; sample in chunks until there are enough.
-        chunk = prompts[start:start + max(16, (n_pairs - len(records)) // 3)]
+    records, written, start = [], 0, 0
+    while written < n_pairs and start < len(prompts):
+        # Each prompt gives up to C(K,2) pairs; sample in chunks until enough new labels are stored
+        # (a pair the store already holds -- same prompt and answers -- is a duplicate and skipped).
+        chunk = prompts[start:start + 256]
         candidates = sample_candidates(model, tokenizer, chunk, k=k, seed=seed + start)
-        records += simulate_labels(candidates, annotator, seed=seed + start, limit=n_pairs - len(records))
+        new = simulate_labels(candidates, annotator, seed=seed + start, limit=n_pairs - written)
+        kept = [record for record, is_new in zip(new, store.add_many(new)) if is_new]
+        records += kept
+        written += len(kept)
         start += len(chunk)
-    written = store.add_many(records)
     pairs = [{"prompt": r.prompt, "chosen": r.chosen, "rejected": r.rejected} for r in records]
-    return {"pairs": len(records), "written": sum(written), "prompts": start, "store": str(out),
+    return {"written": written, "prompts": start, "store": str(out),
             "noise_ceiling": world.noise_ceiling(label_probabilities(pairs, annotator)),
             "annotator": asdict(annotator)}
 
@@ -160,3 +163,45 @@ def ppo_stage(out: Path, scale: str | None = None, policy_dir: Path | None = Non
     save_run(out, history, metrics, cfg)
     ppo_frame.to_csv(Path(out) / "samples.csv", index=False)
     return metrics
+
+
+def run_pipeline(out: Path, scale: str | None = None, pretrain: bool = False, n_pairs: int | None = None,
+                 seed: int = 0, device: str | None = None, progress: bool = True) -> dict:
+    """Every stage end to end: (pretrain or the shipped base) -> SFT -> labels -> reward -> PPO -> report."""
+    from rlhf_lab import plotting
+
+    scale = get_scale(scale)
+    out = Path(out)
+    report: dict = {"scale": scale}
+    stage_seconds = {}
+
+    def timed(name, function, *args, **kwargs):
+        started = time.perf_counter()
+        result = function(*args, **kwargs)
+        stage_seconds[name] = time.perf_counter() - started
+        if progress:
+            print(f"[{name}] {stage_seconds[name]:.0f} s")
+        return result
+
+    if pretrain:
+        report["base"] = timed("pretrain", train_lm_stage, "pretrain", out / "base", scale, seed=seed, device=device,
+                               progress=progress)
+        base_dir = out / "base"
+    else:
+        base_dir = data.data_dir() / "checkpoints" / "base"
+    report["sft"] = timed("sft", train_lm_stage, "sft", out / "sft", scale, policy_dir=base_dir, seed=seed,
+                          device=device, progress=progress)
+    n_pairs = n_pairs or {"ci": 1500, "laptop": 8000, "gpu": 16000}[scale]
+    report["labels"] = timed("label", label_stage, out / "sft", out / "preferences.jsonl", n_pairs, seed=seed,
+                             device=device)
+    report["reward"] = timed("reward", reward_stage, out / "preferences.jsonl", out / "reward", scale,
+                             policy_dir=out / "sft", seed=seed, device=device, progress=progress)
+    report["ppo"] = timed("ppo", ppo_stage, out / "ppo", scale, policy_dir=out / "sft", reward_dir=out / "reward",
+                          seed=seed, device=device, progress=progress)
+    report["stage_seconds"] = stage_seconds
+    history = pd.read_csv(out / "ppo" / "history.csv")
+    plotting.ppo_curves(history, path=out / "ppo_training.png")
+    plotting.behaviour_bars({"SFT": report["ppo"]["sft"], "PPO": {k: v for k, v in report["ppo"].items() if k != "sft"}},
+                            title="SFT vs PPO on held-out prompts", path=out / "behaviour.png")
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report

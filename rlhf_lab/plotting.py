@@ -63,3 +63,56 @@ def family_scores(frames: dict[str, pd.DataFrame], title: str = "mean score by p
     ax.axhline(3.0, color="grey", lw=0.8, ls="--")
     ax.set(ylabel="mean score (ideal = 3)", title=title, xlabel="")
     return _finish(fig, path)
+
+
+def ppo_curves(history: pd.DataFrame, path: str | Path | None = None, axes=None):
+    """Reward-model score, the simulated human's score and KL per PPO iteration (three panels)."""
+    if axes is None:
+        fig, axes = plt.subplots(1, 3, figsize=(12, 3.3))
+    else:
+        fig = axes[0].figure
+    x = history["iteration"]
+    axes[0].plot(x, history["reward"], color="tab:blue")
+    axes[0].set(title="reward model score (the proxy)", xlabel="iteration")
+    axes[1].plot(x, history["true_score"], color="tab:green")
+    axes[1].set(title="simulated human's score (true)", xlabel="iteration")
+    axes[2].plot(x, history["kl"], color="tab:red", label="KL (k1, summed per answer)")
+    if "beta" in history:
+        twin = axes[2].twinx()
+        twin.plot(x, history["beta"], color="grey", ls="--", label="β")
+        twin.set_ylabel("β", color="grey")
+    axes[2].set(title="KL to the SFT policy (nats)", xlabel="iteration")
+    axes[2].legend(loc="upper left")
+    return _finish(fig, path)
+
+
+class LivePlot:
+    """Redraws `ppo_curves` in a notebook after every iteration (pass `update` as the callback).
+
+    Outside a notebook it only keeps the latest figure; call `save(path)` for a PNG.
+    """
+
+    def __init__(self, every: int = 1):
+        self.every, self.handle, self.fig = every, None, None
+
+    def update(self, history: pd.DataFrame) -> None:
+        if len(history) % self.every:
+            return
+        plt.close(self.fig) if self.fig is not None else None
+        self.fig = ppo_curves(history)
+        try:
+            from IPython import get_ipython
+            from IPython.display import display
+
+            if get_ipython() is None:
+                return
+            if self.handle is None:
+                self.handle = display(self.fig, display_id=True)
+            else:
+                self.handle.update(self.fig)
+        except ImportError:  # plain Python: nothing to redraw
+            pass
+
+    def save(self, path: str | Path) -> None:
+        if self.fig is not None:
+            _finish(self.fig, path)

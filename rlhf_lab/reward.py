@@ -168,8 +168,8 @@ def score_answers(reward_model: RewardModel, tokenizer, prompts: list[str], answ
 @dataclass
 class RewardConfig:
     epochs: int = 1  # InstructGPT: more than one epoch over-fits the comparisons
-    prompts_per_batch: int = 8  # every pair of a prompt's candidates lands in the same batch
-    lr: float = 1e-4
+    items_per_batch: int = 8  # labelling items per batch; every pair of one item lands in the same batch
+    lr: float = 3e-4
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     learner_weight: float = 2.0  # a learner's own label counts twice as much as a simulated one
@@ -177,7 +177,7 @@ class RewardConfig:
     seed: int = 0
 
 
-REWARD_PRESETS = {"ci": dict(), "laptop": dict(), "gpu": dict(prompts_per_batch=16)}
+REWARD_PRESETS = {"ci": dict(), "laptop": dict(), "gpu": dict(items_per_batch=16)}
 
 
 def reward_config(scale: str | None = None, **overrides) -> RewardConfig:
@@ -185,10 +185,19 @@ def reward_config(scale: str | None = None, **overrides) -> RewardConfig:
 
 
 def pairs_from_records(records, learner_weight: float) -> list[dict]:
-    """Training pairs from preference records: ties dropped, learner labels weighted up."""
-    return [{"prompt": r.prompt, "chosen": r.chosen, "rejected": r.rejected,
-             "weight": learner_weight if r.source == "human" else 1.0, "source": r.source}
-            for r in records if not r.tie and r.chosen != r.rejected]
+    """Training pairs from preference records: ties dropped, learner labels weighted up.
+
+    `group` numbers the labelling items: the pairs of one ranking (or of one prompt's K
+    candidates) are stored one after another, so a run of records with the same prompt is one item.
+    """
+    pairs, group, previous_prompt = [], -1, None
+    for r in records:
+        if r.prompt != previous_prompt:
+            group, previous_prompt = group + 1, r.prompt
+        if not r.tie and r.chosen != r.rejected:
+            pairs.append({"prompt": r.prompt, "chosen": r.chosen, "rejected": r.rejected, "group": group,
+                          "weight": learner_weight if r.source == "human" else 1.0, "source": r.source})
+    return pairs
 
 
 def split_by_prompt(pairs: list[dict], heldout_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
@@ -200,19 +209,19 @@ def split_by_prompt(pairs: list[dict], heldout_fraction: float, seed: int) -> tu
     return [p for p in pairs if p["prompt"] not in heldout], [p for p in pairs if p["prompt"] in heldout]
 
 
-def prompt_batches(pairs: list[dict], prompts_per_batch: int, generator: torch.Generator) -> list[list[dict]]:
-    """Batches made of whole prompts: the C(K,2) pairs of one ranking stay together.
+def item_batches(pairs: list[dict], items_per_batch: int, generator: torch.Generator) -> list[list[dict]]:
+    """Batches made of whole labelling items: the C(K,2) pairs of one ranking stay together.
 
     Shuffling single pairs would put the same answer in many batches of one epoch, and the model
     over-fits to it (InstructGPT, section 3.5); grouping keeps each answer in one batch.
     """
-    by_prompt: dict[str, list[dict]] = {}
+    by_item: dict[object, list[dict]] = {}
     for pair in pairs:
-        by_prompt.setdefault(pair["prompt"], []).append(pair)
-    groups = list(by_prompt.values())
+        by_item.setdefault(pair.get("group", pair["prompt"]), []).append(pair)
+    groups = list(by_item.values())
     order = torch.randperm(len(groups), generator=generator).tolist()
-    return [[pair for g in order[i:i + prompts_per_batch] for pair in groups[g]]
-            for i in range(0, len(order), prompts_per_batch)]
+    return [[pair for g in order[i:i + items_per_batch] for pair in groups[g]]
+            for i in range(0, len(order), items_per_batch)]
 
 
 def pair_rewards(reward_model: RewardModel, tokenizer, pairs: list[dict]) -> tuple[Tensor, Tensor]:
@@ -236,7 +245,7 @@ def train_reward_model(reward_model: RewardModel, tokenizer, pairs: list[dict], 
     history, step = [], 0
     reward_model.train()
     for epoch in range(cfg.epochs):
-        batches = prompt_batches(pairs, cfg.prompts_per_batch, generator)
+        batches = item_batches(pairs, cfg.items_per_batch, generator)
         for batch in tqdm(batches, desc=f"reward model, epoch {epoch + 1}", disable=not progress):
             chosen_rewards, rejected_rewards = pair_rewards(reward_model, tokenizer, batch)
             weights = torch.tensor([p["weight"] for p in batch], device=device)

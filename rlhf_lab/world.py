@@ -635,7 +635,7 @@ class Annotator:
     says they should -- the bias a reward model learns and PPO can exploit.
     """
 
-    temperature: float = 0.5
+    temperature: float = 0.3
     length_bias: float = 0.03
     flattery_bias: float = 0.6
 
