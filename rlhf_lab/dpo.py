@@ -53,3 +53,184 @@ def dpo_loss(
     chosen_rewards = beta * chosen_logratios.detach()
     rejected_rewards = beta * rejected_logratios.detach()
     return loss, chosen_rewards, rejected_rewards
+
+
+# =====================================================================================
+# The trainer: preference pairs in, a policy out -- no reward model, no sampling.
+# =====================================================================================
+
+import math  # noqa: E402  (the trainer's imports live with the trainer)
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from dataclasses import asdict, dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pandas as pd  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from rlhf_lab.config import for_scale  # noqa: E402
+from rlhf_lab.policy import encode_prompts, response_logprobs  # noqa: E402
+from rlhf_lab.tokenizer import END  # noqa: E402
+
+
+@dataclass
+class DPOConfig:
+    beta: float = 0.1  # strength of the implicit KL leash: small β lets π move further from π_ref
+    epochs: int = 1  # one pass, like the reward model: more over-fits the comparisons
+    items_per_batch: int = 6  # labelling items per step (a K=4 item gives 6 pairs, kept together)
+    lr: float = 1e-4
+    grad_clip: float = 1.0
+    heldout_fraction: float = 0.1  # prompts held out to measure the implicit reward's accuracy
+    eval_every: int = 25  # steps between held-out accuracy and sampled KL / true score
+    eval_prompts: int = 64  # training prompts sampled for the KL / true-score check
+    temperature: float = 0.7  # the *evaluation* samples only; DPO's own log-probs use T = 1
+    max_new_tokens: int = 64
+    max_steps: int = 0  # stop early after this many steps (0: all epochs)
+    seed: int = 0
+
+
+DPO_PRESETS = {
+    "ci": dict(max_steps=30, eval_every=10, eval_prompts=32),
+    "laptop": dict(),
+    "gpu": dict(items_per_batch=12, eval_prompts=128),
+}
+
+
+def dpo_config(scale: str | None = None, **overrides) -> DPOConfig:
+    return for_scale(DPOConfig, DPO_PRESETS, scale, **overrides)
+
+
+def preference_pairs(path: str | Path) -> list[dict]:
+    """Every usable pair of a preference file: the same pairs the reward model trains on.
+
+    Ties and identical answers are dropped; the learner's own labels are kept (with their
+    `weight` and `source`), so DPO learns from exactly what the reward model learned from.
+    """
+    from rlhf_lab.preferences import PreferenceStore
+    from rlhf_lab.reward import RewardConfig, pairs_from_records
+
+    store = PreferenceStore(path)
+    if not len(store):
+        raise ValueError(f"{path}: no preference records; make some with "
+                         "python -m rlhf_lab label --simulate 6000 --policy DIR --out FILE")
+    return pairs_from_records(store.records, RewardConfig().learner_weight)
+
+
+def encode_responses(tokenizer, prompts: list[str], answers: list[str], device) -> tuple[Tensor, Tensor, int, Tensor]:
+    """Prompts and given answers laid out exactly like a rollout of `policy.generate`.
+
+    Prompts are left-padded (`<|user|> q <|assistant|>`), each answer follows with its end token,
+    then right padding. Returns `(input_ids, attention_mask, context_length, response_mask)`:
+    the answer starts at column `context_length`, and `response_mask` (B, T) is 1 on the answer's
+    tokens and its end token. So `response_logprobs` reads them with the usual `[ctx-1:-1]` slice.
+    """
+    prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, device)
+    # The tokenizer splits on spaces, so an answer alone gives the same tokens as inside its dialogue.
+    answer_rows = tokenizer([f"{answer} {END}" for answer in answers], add_special_tokens=False)["input_ids"]
+    width = max(len(row) for row in answer_rows)
+    pad = tokenizer.pad_token_id
+    response_ids = torch.tensor([row + [pad] * (width - len(row)) for row in answer_rows], device=device)
+    response_mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in answer_rows], device=device)
+    input_ids = torch.cat([prompt_ids, response_ids], dim=1)
+    attention_mask = torch.cat([prompt_mask, response_mask], dim=1)
+    return input_ids, attention_mask, prompt_ids.shape[1], response_mask.float()
+
+
+def pair_logprobs(model, tokenizer, pairs: list[dict]) -> tuple[Tensor, Tensor]:
+    """Sequence log-probs log π(y_w), log π(y_l) of each pair's answers, shape (B,) each.
+
+    Summed over the response tokens (end token included), at temperature 1: DPO's π is the
+    model's own distribution. Chosen and rejected answers go through the model in one batch.
+    """
+    device = next(model.parameters()).device
+    prompts = [p["prompt"] for p in pairs]
+    answers = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
+    input_ids, attention_mask, ctx, response_mask = encode_responses(tokenizer, prompts + prompts, answers, device)
+    token_logprobs = response_logprobs(model, input_ids, attention_mask, ctx, temperature=1.0)
+    logps = sequence_logprob(token_logprobs, response_mask)
+    return logps[: len(pairs)], logps[len(pairs):]
+
+
+@torch.no_grad()
+def heldout_preference_stats(policy, reference, tokenizer, pairs: list[dict], beta: float,
+                             batch_size: int = 128) -> dict[str, float]:
+    """DPO loss and implicit-reward accuracy (chosen reward > rejected reward) on held-out pairs."""
+    losses, correct = [], []
+    for i in range(0, len(pairs), batch_size):
+        batch = pairs[i:i + batch_size]
+        loss, chosen_rewards, rejected_rewards = dpo_loss(*pair_logprobs(policy, tokenizer, batch),
+                                                          *pair_logprobs(reference, tokenizer, batch), beta)
+        losses.append(loss.item() * len(batch))
+        correct.append((chosen_rewards > rejected_rewards).float().sum().item())
+    return {"heldout_loss": sum(losses) / len(pairs), "heldout_accuracy": sum(correct) / len(pairs)}
+
+
+def train_dpo(policy, reference, tokenizer, pairs: list[dict], cfg: DPOConfig, progress: bool = True,
+              callback: Callable[[pd.DataFrame], None] | None = None,
+              eval_questions: list[str] | None = None) -> pd.DataFrame:
+    """Fit the policy to preference pairs with the DPO loss against a frozen reference.
+
+    Pairs are split by prompt into training and held-out ones; batches hold whole labelling
+    items (as for the reward model). Every `eval_every` steps the history also gets the held-out
+    loss and accuracy of the implicit reward, and -- from answers sampled on `eval_questions`
+    (default: the first training prompts) -- the simulated human's score and the KL to the
+    reference, so DPO lands on the same frontier as PPO. Returns the per-step history.
+    """
+    from rlhf_lab.reward import item_batches, split_by_prompt
+    from rlhf_lab.sweep import frontier_point, measure_policy
+
+    if not pairs:
+        raise ValueError("train_dpo: no preference pairs to train on")
+    # Frozen reference (PPO.md rule 4): π_ref is the SFT policy and must not move.
+    reference = reference.eval().requires_grad_(False)
+    train_pairs, heldout_pairs = split_by_prompt(pairs, cfg.heldout_fraction, cfg.seed)
+    eval_questions = eval_questions or list(dict.fromkeys(p["prompt"] for p in train_pairs))[: cfg.eval_prompts]
+    generator = torch.Generator().manual_seed(cfg.seed)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
+    batches = [batch for _ in range(cfg.epochs) for batch in item_batches(train_pairs, cfg.items_per_batch, generator)]
+    if cfg.max_steps:
+        batches = batches[: cfg.max_steps]
+
+    def evaluate(row: dict) -> None:
+        row.update(heldout_preference_stats(policy, reference, tokenizer, heldout_pairs, cfg.beta))
+        frame = measure_policy(policy, reference, tokenizer, eval_questions, temperature=cfg.temperature,
+                               max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
+        point = frontier_point(frame)
+        row.update(true_score=point["true_score"], kl=point["kl"], kl_k3=point["kl_k3"], words=point["words"])
+
+    history: list[dict] = []
+    started = time.perf_counter()
+    bar = tqdm(enumerate(batches), total=len(batches), desc=f"DPO (β={cfg.beta})", disable=not progress)
+    for step, batch in bar:
+        policy.train()
+        policy_chosen_logps, policy_rejected_logps = pair_logprobs(policy, tokenizer, batch)
+        with torch.no_grad():
+            ref_chosen_logps, ref_rejected_logps = pair_logprobs(reference, tokenizer, batch)
+        loss, chosen_rewards, rejected_rewards = dpo_loss(policy_chosen_logps, policy_rejected_logps,
+                                                          ref_chosen_logps, ref_rejected_logps, cfg.beta)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"DPO: the loss is {loss.item()} at step {step}; training stopped "
+                                     f"(lower the lr, {cfg.lr})")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
+        optimizer.step()
+        policy.eval()
+        row = {"step": step, "pairs": len(batch), "loss": loss.item(),
+               "chosen_reward": chosen_rewards.mean().item(), "rejected_reward": rejected_rewards.mean().item(),
+               "reward_margin": (chosen_rewards - rejected_rewards).mean().item(),
+               "reward_accuracy": (chosen_rewards > rejected_rewards).float().mean().item(),
+               "grad_norm": grad_norm.item(), "seconds": time.perf_counter() - started}
+        if step % cfg.eval_every == 0 or step == len(batches) - 1:
+            evaluate(row)
+            bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['heldout_accuracy']:.2f}",
+                            true=f"{row['true_score']:.2f}", kl=f"{row['kl']:.2f}")
+        for name, value in row.items():  # stop at the first NaN, naming it
+            if isinstance(value, float) and not math.isfinite(value):
+                raise FloatingPointError(f"DPO: statistic {name!r} is {value} at step {step}; training stopped")
+        history.append(row)
+        if callback is not None:
+            callback(pd.DataFrame(history))
+    frame = pd.DataFrame(history)
+    frame.attrs["config"] = asdict(cfg)
+    return frame

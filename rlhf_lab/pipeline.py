@@ -191,7 +191,7 @@ def run_pipeline(out: Path, scale: str | None = None, pretrain: bool = False, n_
         base_dir = data.data_dir() / "checkpoints" / "base"
     report["sft"] = timed("sft", train_lm_stage, "sft", out / "sft", scale, policy_dir=base_dir, seed=seed,
                           device=device, progress=progress)
-    n_pairs = n_pairs or {"ci": 1500, "laptop": 8000, "gpu": 16000}[scale]
+    n_pairs = n_pairs or {"ci": 800, "laptop": 8000, "gpu": 16000}[scale]
     report["labels"] = timed("label", label_stage, out / "sft", out / "preferences.jsonl", n_pairs, seed=seed,
                              device=device)
     report["reward"] = timed("reward", reward_stage, out / "preferences.jsonl", out / "reward", scale,

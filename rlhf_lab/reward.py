@@ -169,7 +169,7 @@ def score_answers(reward_model: RewardModel, tokenizer, prompts: list[str], answ
 class RewardConfig:
     epochs: int = 1  # InstructGPT: more than one epoch over-fits the comparisons
     items_per_batch: int = 8  # labelling items per batch; every pair of one item lands in the same batch
-    lr: float = 3e-4
+    lr: float = 1e-4
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     learner_weight: float = 2.0  # a learner's own label counts twice as much as a simulated one
