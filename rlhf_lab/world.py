@@ -511,6 +511,10 @@ def _task(p: Prompt | None, text: str, words: list[str], flags: set[str]) -> tup
         if p.family == "arithmetic":
             claims = [w for w in words if w.isdigit()]
             claimed = claims[-1] if claims else None
+            # "4 plus 4 is 8" asked "2 plus 4": restating the question wrongly is wrong too.
+            operands = [p.slot["a"], p.slot["b"]]
+            if claimed is not None and any(claims[:-1].count(n) > operands.count(n) for n in claims[:-1]):
+                claimed = "misquoted"
         else:
             pool = CITIES if p.template.startswith("capital") else SOUNDS if p.template.startswith("sound") else COLOURS
             named = [w for w in words if w in pool]

@@ -36,6 +36,8 @@ def test_checkable_answers_are_checked_by_value_not_by_style():
     assert "correct" in world.judge(q, "it is 7.").flags
     assert "incorrect" in world.judge(q, "3 plus 4 is 8.").flags
     assert world.judge(q, "it is 7.").total > world.judge(q, "3 plus 4 is 8.").total
+    assert "correct" in world.judge(q, "4 plus 3 equals 7.").flags
+    assert "incorrect" in world.judge(q, "4 plus 4 equals 7.").flags  # the question misquoted
     capital = "what is the capital of france?"
     assert "correct" in world.judge(capital, "paris.").flags
     assert "incorrect" in world.judge(capital, "the capital of france is rome.").flags
