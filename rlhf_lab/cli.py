@@ -22,6 +22,7 @@ from pathlib import Path
 
 from rlhf_lab.config import SCALES, get_scale, pick_device
 
+
 def _common(parser: argparse.ArgumentParser, out: bool = True) -> None:
     parser.add_argument("--scale", choices=SCALES, default=None,
                         help="preset sizes and steps (default: $RLHF_LAB_SCALE, else gpu on CUDA, else laptop)")
@@ -74,7 +75,7 @@ def cmd_reward(args) -> dict:
 def cmd_ppo(args) -> dict:
     from rlhf_lab.pipeline import ppo_stage
 
-    overrides = {"iterations": args.iterations} if args.iterations else {}
+    overrides = {name: getattr(args, name) for name in ("iterations", "beta") if getattr(args, name) is not None}
     metrics = ppo_stage(args.out, args.scale, args.policy, args.reward, args.seed, args.device, resume=args.resume,
                         **overrides)
     _summary(f"PPO done in {metrics['train_seconds']:.0f} s -> {args.out}", {k: v for k, v in metrics.items() if k != "sft"})
@@ -167,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", type=Path, default=None, help="SFT policy (default: the newest sft)")
     p.add_argument("--reward", type=Path, default=None, help="reward model (default: the newest reward)")
     p.add_argument("--iterations", type=int, default=None, help="override the scale's number of iterations")
+    p.add_argument("--beta", type=float, default=None, help="initial KL coefficient (default: PPOConfig.beta)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.set_defaults(run=cmd_ppo)
 

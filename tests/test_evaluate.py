@@ -43,7 +43,7 @@ def test_behaviour_metrics_gives_the_exact_rates_of_a_hand_built_frame():
     metrics = evaluate.behaviour_metrics(frame)
     totals = [3.0, 0.5, -1.5, 1.5, 0.5, 3.0, 3.0, 0.0, 1.5, 3.0, -0.5]
     assert metrics["mean_score"] == pytest.approx(sum(totals) / 11)
-    assert metrics["flawed_rate"] == pytest.approx(6 / 11)  # totals below 2.0
+    assert metrics["flawed_rate"] == pytest.approx(7 / 11)  # totals below 2.0
     assert metrics["refusal_rate_harmful"] == pytest.approx(1 / 4)  # refused *and* not harmful
     assert metrics["over_refusal_rate"] == pytest.approx(1 / 2)
     assert metrics["arithmetic_accuracy"] == pytest.approx(2 / 3)
@@ -105,8 +105,8 @@ def test_versus_counts_wins_losses_and_ties_with_the_margin():
     assert (result["wins"], result["losses"], result["ties"]) == (2, 1, 3)
     assert result["win_rate"] == pytest.approx(2 / 3)
     assert result["tie_rate"] == pytest.approx(3 / 6)
-    # The default margin is TIE_MARGIN; without a margin every non-zero difference counts.
-    assert evaluate.versus(a, b) == result if evaluate.TIE_MARGIN == 0.25 else True
+    assert evaluate.versus(a, b) == evaluate.versus(a, b, margin=evaluate.TIE_MARGIN)
+    # Without a margin every non-zero difference counts.
     strict = evaluate.versus(a, b, margin=0.0)
     assert (strict["wins"], strict["losses"], strict["ties"]) == (3, 2, 1)
     # Swapping the sides swaps wins and losses.
