@@ -86,7 +86,9 @@ def load_policy(
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(
-            f"no policy checkpoint at {path.resolve()} (looked for {path / 'config.json'})"
+            f"no policy checkpoint at {path.resolve()} (looked for {path / 'config.json'}); make one with "
+            "`python -m rlhf_lab pretrain --out DIR` or `python -m rlhf_lab sft --policy BASE --out DIR`, "
+            "or use the shipped data/checkpoints/base and data/checkpoints/sft"
         )
     # use_safetensors=True: never fall back to unpickling a .bin file.
     model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True)

@@ -233,7 +233,7 @@ class PPOConfig:
     value_lr: float = 1e-4
     temperature: float = 0.7  # sampling AND every log-prob recomputation (PPO.md rule 2)
     max_new_tokens: int = 64
-    beta: float = 0.05  # initial KL coefficient β
+    beta: float = 0.1  # initial KL coefficient β
     adaptive_kl: bool = True
     # The classic target (6 nats for 24-token GPT-2 continuations) scaled to our ~15-token
     # answers, where the whole useful change (e.g. refusing -> answering) costs a few nats.
