@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, GPT2Model
 
+from rlhf_lab import world
 from rlhf_lab.config import for_scale
 from rlhf_lab.masked import check_same_shape
 from rlhf_lab.policy import position_ids_from_mask
@@ -66,9 +67,6 @@ def bradley_terry_loss(
 # =====================================================================================
 # The reward model: the SFT backbone plus a scalar head read at the last real token.
 # =====================================================================================
-
-
-
 
 HEAD_FILE = "reward_head.safetensors"
 
@@ -318,8 +316,6 @@ def bias_probe(reward_model: RewardModel, tokenizer, prompts: list[str], answers
     to the simulated human's total vs the same. A reward model that learned the labellers' bias
     shows a higher correlation than the true score.
     """
-    from rlhf_lab import world
-
     rewards = score_answers(reward_model, tokenizer, prompts, answers).tolist()
     truths = [world.judge(p, a).total for p, a in zip(prompts, answers)]
     lengths = [len(world.words_of(world.normalise(a))) for a in answers]
@@ -332,8 +328,6 @@ def bias_probe(reward_model: RewardModel, tokenizer, prompts: list[str], answers
 
 def reward_report(reward_model: RewardModel, tokenizer, heldout_pairs: list[dict], annotator=None) -> dict:
     """Held-out accuracy (overall and per family), calibration error and the bias probe."""
-    from rlhf_lab import world
-
     predicted = predicted_preferences(reward_model, tokenizer, heldout_pairs)
     correct = (predicted > 0.5).float()
     families = [(world.parse_prompt(p["prompt"]) or world.Prompt("unknown", "", "")).family for p in heldout_pairs]
