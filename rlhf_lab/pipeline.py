@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from rlhf_lab import data, policy, world
-from rlhf_lab.config import get_scale, pick_device, seed_everything
+from rlhf_lab.config import data_dir, get_scale, pick_device, seed_everything
 from rlhf_lab.evaluate import eval_config, evaluate_policy
 
 POLICY_PRESET = {"ci": "nano", "laptop": "nano", "gpu": "small"}  # model size trained from scratch
@@ -188,7 +188,7 @@ def run_pipeline(out: Path, scale: str | None = None, pretrain: bool = False, n_
                                progress=progress)
         base_dir = out / "base"
     else:
-        base_dir = data.data_dir() / "checkpoints" / "base"
+        base_dir = data_dir() / "checkpoints" / "base"
     report["sft"] = timed("sft", train_lm_stage, "sft", out / "sft", scale, policy_dir=base_dir, seed=seed,
                           device=device, progress=progress)
     n_pairs = n_pairs or {"ci": 800, "laptop": 8000, "gpu": 16000}[scale]
