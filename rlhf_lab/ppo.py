@@ -251,7 +251,7 @@ class PPOConfig:
 
 
 PPO_PRESETS = {
-    "ci": dict(iterations=12, batch_size=32, minibatch_size=16, ppo_epochs=2),
+    "ci": dict(iterations=20, batch_size=32, minibatch_size=16, ppo_epochs=2),
     "laptop": dict(),
     "gpu": dict(iterations=80, batch_size=128, minibatch_size=32),
 }
@@ -290,7 +290,7 @@ class PPOTrainer:
         self.kl_controller = (AdaptiveKLController(cfg.beta, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
                               else FixedKLController(cfg.beta))
         self.generator = torch.Generator().manual_seed(cfg.seed)
-        self.iteration = 0
+        self.iteration = 0  # iterations completed
         self.history: list[dict] = []
 
     @torch.no_grad()
@@ -370,7 +370,7 @@ class PPOTrainer:
         """The PPO loop. `callback(history)` after every iteration (a live plot, say)."""
         cfg = self.cfg
         bar = tqdm(range(self.iteration, cfg.iterations), desc="PPO", disable=not progress)
-        for self.iteration in bar:
+        for iteration in bar:
             pick = torch.randint(len(self.prompts), (cfg.batch_size,), generator=self.generator).tolist()
             questions = [self.prompts[i] for i in pick]
             batch = self.rollout(questions)
@@ -382,7 +382,7 @@ class PPOTrainer:
             k3 = (kl_k3(batch["logprobs"], batch["ref_logprobs"]) * mask).sum(dim=1)
             true_scores = [world.judge(q, t, f).total for q, t, f in zip(questions, rollout.texts, rollout.finished.tolist())]
             row = {
-                "iteration": self.iteration, "reward": batch["scores"].mean().item(),
+                "iteration": iteration, "reward": batch["scores"].mean().item(),
                 "true_score": sum(true_scores) / len(true_scores),  # never used for training
                 "kl": kl_per_sequence.mean().item(), "kl_k3": k3.mean().item(), "beta": self.kl_controller.beta,
                 "response_length": mask.sum(dim=1).mean().item(), "finished_rate": batch["finished"].float().mean().item(),
@@ -390,16 +390,16 @@ class PPOTrainer:
                 **update_stats, "generation_seconds": batch["generation_seconds"],
                 "scoring_seconds": batch["scoring_seconds"], "update_seconds": update_seconds,
             }
-            _check_finite(row, self.iteration)
+            _check_finite(row, iteration)
             # Adapt β with the batch mean of the summed per-token k1 (PPO.md rule 13).
             self.kl_controller.update(row["kl"], cfg.batch_size)
             self.history.append(row)
             bar.set_postfix(reward=f"{row['reward']:.2f}", true=f"{row['true_score']:.2f}", kl=f"{row['kl']:.2f}")
+            self.iteration = iteration + 1  # iterations completed
             if callback is not None:
                 callback(self.history_frame())
-            if out is not None and ((self.iteration + 1) % cfg.save_every == 0 or self.iteration + 1 == cfg.iterations):
+            if out is not None and (self.iteration % cfg.save_every == 0 or self.iteration == cfg.iterations):
                 self.save(out)
-        self.iteration = cfg.iterations
         return self.history_frame()
 
     def history_frame(self) -> pd.DataFrame:
@@ -421,7 +421,7 @@ class PPOTrainer:
                       str(out / f"{name}_optimizer.safetensors"))
         self.history_frame().to_csv(out / "history.csv", index=False)
         (out / "trainer_state.json").write_text(json.dumps(
-            {"iteration": self.iteration + 1, "beta": self.kl_controller.beta, "config": asdict(self.cfg),
+            {"iteration": self.iteration, "beta": self.kl_controller.beta, "config": asdict(self.cfg),
              "generator_state": self.generator.get_state().tolist()}, indent=1))
 
     def resume(self, path: str | Path) -> None:
