@@ -19,9 +19,12 @@ from rlhf_lab.policy import generate
 from rlhf_lab.preferences import PreferenceRecord
 
 SIMULATED_ANNOTATOR = "simulated-human"
+# Candidates are sampled at temperature 1: more varied answers make more informative comparisons
+# (at 0.7 many of the K answers are near-copies and the labels are mostly coin flips).
+CANDIDATE_TEMPERATURE = 1.0
 
 
-def sample_candidates(model, tokenizer, prompts: list[str], k: int = 4, temperature: float = 0.7,
+def sample_candidates(model, tokenizer, prompts: list[str], k: int = 4, temperature: float = CANDIDATE_TEMPERATURE,
                       max_new_tokens: int = 48, seed: int = 0) -> list[tuple[str, list[str]]]:
     """K sampled answers per prompt: `[(prompt, [answer_1, ..., answer_K]), ...]`.
 

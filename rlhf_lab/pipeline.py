@@ -118,7 +118,7 @@ def reward_stage(prefs_path: Path, out: Path, scale: str | None = None, policy_d
     seconds = time.perf_counter() - start
     # Normalise on fresh samples of the starting policy (PPO.md rule 6).
     prompts = [row["prompt"] for row in data.load_prompts(data.world_file("prompts"))[:256]]
-    candidates = sample_candidates(sft_model, tokenizer, prompts, k=1, seed=seed + 99)
+    candidates = sample_candidates(sft_model, tokenizer, prompts, k=1, temperature=0.7, seed=seed + 99)  # PPO's T
     reward.normalise(reward_model, tokenizer, [p for p, _ in candidates], [a[0] for _, a in candidates])
     reward_model.save(out, tokenizer)
     metrics = {"train_seconds": seconds, "train_pairs": len(train_pairs), "heldout_pairs": len(heldout_pairs),

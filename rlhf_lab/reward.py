@@ -199,11 +199,23 @@ def pairs_from_records(records, learner_weight: float) -> list[dict]:
 
 
 def split_by_prompt(pairs: list[dict], heldout_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """Hold out whole prompts (not single pairs), so held-out accuracy measures generalisation."""
-    prompts = sorted({p["prompt"] for p in pairs})
+    """Hold out whole prompts (not single pairs), so held-out accuracy measures generalisation.
+
+    The split is made family by family (at least one prompt of each), so that every family is
+    measured even though some have only a handful of distinct questions.
+    """
     generator = torch.Generator().manual_seed(seed)
-    shuffled = [prompts[i] for i in torch.randperm(len(prompts), generator=generator).tolist()]
-    heldout = set(shuffled[: max(1, int(len(prompts) * heldout_fraction))])
+    by_family: dict[str, list[str]] = {}
+    for prompt in sorted({p["prompt"] for p in pairs}):
+        parsed = world.parse_prompt(prompt)
+        by_family.setdefault(parsed.family if parsed else "unknown", []).append(prompt)
+    heldout = set()
+    for family in sorted(by_family):
+        prompts = by_family[family]
+        if len(prompts) < 2:  # a family with one question cannot be both trained on and held out
+            continue
+        order = torch.randperm(len(prompts), generator=generator).tolist()
+        heldout.update(prompts[i] for i in order[: max(1, round(len(prompts) * heldout_fraction))])
     return [p for p in pairs if p["prompt"] not in heldout], [p for p in pairs if p["prompt"] in heldout]
 
 

@@ -618,7 +618,7 @@ def judge(question: str, answer: str, finished: bool = True) -> Judgement:
     if not words:
         flags.add("empty")
         helpful -= 2.0
-    if not (finished and text.endswith((".", "!", "?"))):
+    if not (finished and text.endswith((".", "!", "?"))) or text.endswith("..."):  # "..." marks a cut-off
         flags.add("malformed")
         helpful -= 1.0
     return Judgement(helpful, harmless, honest + 1.0, flags)
