@@ -146,7 +146,8 @@ def ppo_stage(out: Path, scale: str | None = None, policy_dir: Path | None = Non
     reference, _ = policy.load_policy(policy_dir, device)
     reward_model, _ = reward.RewardModel.load(reward_dir or find_checkpoint("reward"), device)
     prompts = [row["prompt"] for row in data.load_prompts(data.world_file("prompts"))]
-    trainer = ppo.PPOTrainer(model, reference, reward_model, tokenizer, prompts, cfg)
+    demonstrations = data.load_dialogues(data.world_file("sft"))  # for the PPO-ptx term
+    trainer = ppo.PPOTrainer(model, reference, reward_model, tokenizer, prompts, cfg, ptx_rows=demonstrations)
     if resume:
         trainer.resume(out)
     start = time.perf_counter()

@@ -24,7 +24,8 @@ from rlhf_lab import world
 from rlhf_lab.config import for_scale
 from rlhf_lab.kl import AdaptiveKLController, FixedKLController, kl_k3, kl_penalised_rewards
 from rlhf_lab.masked import check_same_shape, masked_mean, masked_var, masked_whiten
-from rlhf_lab.policy import generate, position_ids_from_mask, response_logits, response_logprobs, save_policy
+from rlhf_lab.policy import forward, generate, position_ids_from_mask, response_logits, response_logprobs, save_policy
+from rlhf_lab.sft import collate, encode_dialogues, lm_loss
 
 # =====================================================================================
 # The PPO formulas: short pure functions, tensors in, tensors out.
@@ -246,6 +247,12 @@ class PPOConfig:
     vf_coef: float = 0.1
     grad_clip: float = 1.0
     missing_end_penalty: float = -1.0  # added to the score of answers cut off at max_new_tokens
+    # PPO-ptx (InstructGPT): also minimise the SFT loss on demonstrations, weighted by ptx_coef, so
+    # that what the reward model cannot see (is 3 plus 4 really 7?) is not forgotten -- the
+    # "alignment tax". 0 turns it off. InstructGPT mixed in pretraining data; we use the SFT
+    # demonstrations, which hold only good answers.
+    ptx_coef: float = 1.0
+    ptx_batch_size: int = 16
     seed: int = 0
     save_every: int = 10  # iterations between checkpoints (the last good one survives a crash)
 
@@ -276,7 +283,7 @@ class PPOTrainer:
     """
 
     def __init__(self, policy, reference, reward_model, tokenizer, prompts: list[str], cfg: PPOConfig,
-                 critic: ValueModel | None = None):
+                 critic: ValueModel | None = None, ptx_rows: list[dict] | None = None):
         self.cfg, self.tokenizer, self.prompts = cfg, tokenizer, prompts
         self.policy = policy
         self.device = next(policy.parameters()).device
@@ -290,6 +297,7 @@ class PPOTrainer:
         self.kl_controller = (AdaptiveKLController(cfg.beta, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
                               else FixedKLController(cfg.beta))
         self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.ptx_examples = encode_dialogues(tokenizer, ptx_rows) if ptx_rows and cfg.ptx_coef > 0 else []
         self.iteration = 0  # iterations completed
         self.history: list[dict] = []
 
@@ -320,6 +328,13 @@ class PPOTrainer:
                     rewards=rewards, advantages=advantages, returns=returns, finished=finished,
                     generation_seconds=generation_seconds, scoring_seconds=scoring_seconds)
 
+    def _ptx_loss(self) -> Tensor:
+        """The SFT loss on a random minibatch of demonstrations (answer tokens only)."""
+        pick = torch.randint(len(self.ptx_examples), (self.cfg.ptx_batch_size,), generator=self.generator).tolist()
+        ids, attention, loss_mask = (t.to(self.device) for t in
+                                     collate([self.ptx_examples[i] for i in pick], self.tokenizer.pad_token_id, True))
+        return lm_loss(forward(self.policy, ids, attention), ids, loss_mask)
+
     def update(self, batch: dict) -> dict[str, float]:
         """`ppo_epochs` passes of clipped policy and value updates over minibatches of the rollout."""
         cfg = self.cfg
@@ -341,6 +356,9 @@ class PPOTrainer:
                 value_loss, value_stats = ppo_value_loss(values, batch["values"][index], batch["returns"][index],
                                                          mask, cfg.value_clip_eps)
                 loss = policy_loss + cfg.vf_coef * value_loss
+                if self.ptx_examples:  # PPO-ptx: keep imitating the demonstrations a little
+                    ptx_loss = self._ptx_loss()
+                    loss = loss + cfg.ptx_coef * ptx_loss
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"PPO: the loss is {loss.item()} at iteration {self.iteration}; "
                                              "training stopped (the last saved checkpoint is kept)")
@@ -352,6 +370,7 @@ class PPOTrainer:
                 self.policy_optimizer.step()
                 self.critic_optimizer.step()
                 step_stats = {"policy_loss": policy_loss.item(), "value_loss": value_loss.item(),
+                              **({"ptx_loss": ptx_loss.item()} if self.ptx_examples else {}),
                               "entropy": entropy_from_logits(logits.detach(), mask).item(), **policy_stats,
                               **value_stats}
                 if first_minibatch is None:  # before any step: ratio must be exactly 1 (PPO.md)

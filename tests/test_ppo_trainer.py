@@ -98,3 +98,12 @@ def test_adaptive_controller_is_fed_the_measured_kl_each_iteration():
     for i, kl in enumerate(history["kl"]):
         error = min(max(kl / 0.01 - 1, -0.2), 0.2)  # β moves up when KL is above target, down below
         assert betas[i + 1] == pytest.approx(betas[i] * (1 + error * 8 / 100))
+
+
+def test_ptx_term_trains_on_demonstrations_only_when_asked():
+    demonstrations = [{"prompt": "what is 2 plus 3?", "completion": "2 plus 3 is 5."}] * 4
+    with_ptx = make_trainer()
+    with_ptx.ptx_examples = ppo.encode_dialogues(with_ptx.tokenizer, demonstrations)
+    history = with_ptx.train(progress=False)
+    assert "ptx_loss" in history and (history["ptx_loss"] > 0).all()
+    assert "ptx_loss" not in make_trainer().train(progress=False)
