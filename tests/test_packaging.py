@@ -17,7 +17,7 @@ except ModuleNotFoundError:  # Python 3.10; pytest itself depends on tomli there
     import tomli as tomllib
 
 REPO = Path(__file__).resolve().parent.parent
-README_TEST_COMMAND = 'pip install -e ".[test]" && python -m pytest'
+README_TEST_COMMAND = 'pip install -e ".[test,trl]" && python -m pytest'
 # conda-forge name -> PyPI name, where they differ.
 CONDA_TO_PYPI = {"pytorch": "torch", "playwright-python": "playwright"}
 
@@ -27,9 +27,10 @@ def load_pyproject() -> dict:
 
 
 def pyproject_requirements() -> dict[str, SpecifierSet]:
-    """{name: version range} of the dependencies plus the `test` extra."""
+    """{name: version range} of the dependencies plus the `test` and `trl` extras (what the tests install)."""
     project = load_pyproject()["project"]
-    requirements = [Requirement(text) for text in project["dependencies"] + project["optional-dependencies"]["test"]]
+    extras = project["optional-dependencies"]
+    requirements = [Requirement(text) for text in project["dependencies"] + extras["test"] + extras["trl"]]
     assert not any(requirement.marker or requirement.extras for requirement in requirements), "keep the lists plain"
     names = [canonicalize_name(requirement.name) for requirement in requirements]
     assert len(names) == len(set(names)), f"a package is listed twice in pyproject.toml: {names}"
