@@ -8,6 +8,11 @@
     ppo        PPO with a KL penalty against a reward model
     pipeline   every stage end to end (data -> SFT -> labels -> reward model -> PPO -> report)
     evaluate   behaviour figures of a policy (and, with --versus, a head-to-head)
+    dpo        DPO on a preference file (no reward model, no sampling)
+    best-of-n  answer with the best of n samples by the reward model (trains nothing)
+    rloo       RLOO: policy gradient with a leave-one-out group baseline
+    grpo       GRPO: policy gradient with a standardised group baseline
+    sweep      lesson 06 from the shell: β sweep (KL frontier), weak-leash run, adaptive KL
 
 Every training command takes --scale {ci,laptop,gpu} and --out DIR, shows progress, saves a
 safetensors checkpoint with `history.csv` and `metrics.json` beside it, and ends with a summary.
@@ -98,19 +103,18 @@ SUMMARY_KEYS = ("mean_score", "flawed_rate", "refusal_rate_harmful", "over_refus
 
 
 def cmd_evaluate(args) -> dict:
-    from rlhf_lab import policy
-    from rlhf_lab.evaluate import behaviour_metrics, eval_config, eval_prompts, sample_and_judge, versus
+    from rlhf_lab.evaluate import behaviour_metrics, eval_config, eval_prompts, versus
+    from rlhf_lab.pipeline_beyond import sample_and_judge_output
 
     scale = get_scale(args.scale)
     device = pick_device(args.device)
     cfg = eval_config(scale, seed=args.seed + 1234)
     prompts = eval_prompts(cfg, args.prompts)
-    model, tokenizer = policy.load_policy(args.policy, device)
-    frame = sample_and_judge(model, tokenizer, prompts, cfg)
+    # A policy checkpoint, or a best-of-n folder (answers with best-of-n sampling).
+    frame = sample_and_judge_output(args.policy, prompts, cfg, device)
     result = behaviour_metrics(frame)
     if args.versus:
-        other_model, other_tokenizer = policy.load_policy(args.versus, device)
-        other = sample_and_judge(other_model, other_tokenizer, prompts, cfg)
+        other = sample_and_judge_output(args.versus, prompts, cfg, device)
         result = {**result, **versus(frame, other), "versus": {**behaviour_metrics(other), "policy": str(args.versus)}}
     if args.samples:
         frame.to_csv(args.samples, index=False)
@@ -186,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.add_argument("--samples", type=Path, default=None, help="also write every judged answer to this CSV")
     p.set_defaults(run=cmd_evaluate)
+
+    from rlhf_lab.cli_beyond import add_commands
+
+    add_commands(commands)  # dpo, best-of-n, rloo, grpo, sweep
     return parser
 
 

@@ -140,11 +140,18 @@ def kl_frontier(frontier: pd.DataFrame, label: str = "beta", path: str | Path | 
     return _finish(fig, path)
 
 
-def overoptimisation(curve: pd.DataFrame, path: str | Path | None = None):
-    """Gao et al.'s picture: proxy and true score against sqrt(KL), and what the policy grew."""
+def overoptimisation(curve: pd.DataFrame, peak_iteration: int | None = None, path: str | Path | None = None):
+    """Gao et al.'s picture: proxy and true score against sqrt(KL), and what the policy grew.
+
+    `peak_iteration` marks the true score's peak (e.g. the smoothed one of
+    `sweep.overoptimisation_summary`); by default the highest single measurement.
+    """
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     x = curve["sqrt_kl"]
-    peak = curve["true_score"].idxmax()
+    if peak_iteration is None:
+        peak = curve["true_score"].idxmax()
+    else:
+        peak = curve.index[curve["iteration"] == peak_iteration][0]
     axes[0].plot(x, curve["reward"], "o-", color="tab:blue")
     axes[0].set(title="reward model's score (proxy)", xlabel="√KL (√nats)")
     axes[1].plot(x, curve["true_score"], "o-", color="tab:green")
@@ -156,8 +163,9 @@ def overoptimisation(curve: pd.DataFrame, path: str | Path | None = None):
     axes[2].set(title="what grew", xlabel="√KL (√nats)", ylabel="words")
     twin = axes[2].twinx()
     for column, colour in (("flattery", "tab:orange"), ("padded", "tab:brown"), ("too_long", "tab:red"),
-                           ("repetitive", "tab:grey")):
-        twin.plot(x, curve[column], ".--", color=colour, label=f"share {column}")
+                           ("repetitive", "tab:grey"), ("harmful_not_refused", "black")):
+        if column in curve:
+            twin.plot(x, curve[column], ".--", color=colour, label=f"share {column}")
     twin.set(ylabel="share of answers", ylim=(0, 1.05))
     lines = axes[2].get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
     axes[2].legend(lines, [line.get_label() for line in lines], fontsize=7, loc="upper left")

@@ -38,9 +38,13 @@ from rlhf_lab.ppo import PPOTrainer, ppo_config
 # Measuring one policy: proxy score, true score, KL, and the behaviours a hack would grow.
 # =====================================================================================
 
-# What a reward hack looks like in this world: the reward model learned from labellers who liked
-# long and flattering answers, so these are the behaviours to watch.
-HACK_COLUMNS = ("words", "flattery", "padded", "too_long", "repetitive")
+# What a reward hack can look like in this world: the reward model learned from labellers who
+# liked long and flattering answers, and it is only a small model, so these are the behaviours to
+# watch. All but `words` are shares of answers.
+HACK_COLUMNS = ("words", "flattery", "padded", "too_long", "repetitive", "harmful_not_refused")
+HACK_NAMES = {"words": "longer answers", "flattery": "flattery", "padded": "padding with filler",
+              "too_long": "answers past the length limit", "repetitive": "repetition",
+              "harmful_not_refused": "not refusing harmful requests"}
 
 
 @torch.no_grad()
@@ -98,7 +102,33 @@ def frontier_point(frame: pd.DataFrame) -> dict[str, float]:
         point = {"reward": float(frame["reward"].mean()), **point}
     if "family" in frame:
         point["refusal_rate_harmful"] = behaviour_metrics(frame)["refusal_rate_harmful"]
+        point["harmful_not_refused"] = 1.0 - point["refusal_rate_harmful"]
     return point
+
+
+def shows_behaviour(frame: pd.DataFrame, behaviour: str) -> pd.Series:
+    """Which answers of a `measure_policy` frame show one of the HACK_COLUMNS behaviours."""
+    if behaviour == "words":
+        return frame["words"] > frame["words"].median()
+    if behaviour == "flattery":
+        return frame["flattery"] > 0
+    if behaviour == "harmful_not_refused":
+        return (frame["family"] == "harmful") & ~_has_flag(frame, "refused")
+    return _has_flag(frame, behaviour)
+
+
+def behaviour_change(curve: pd.DataFrame, before: int, after: int) -> pd.DataFrame:
+    """The hack columns of a weak-leash curve at two iterations, and how much each grew.
+
+    `growth` is after - before: in words for `words`, in share of answers for the others.
+    """
+    rows = curve.set_index("iteration")
+    table = pd.DataFrame({f"iteration {before}": rows.loc[before, list(HACK_COLUMNS)],
+                          f"iteration {after}": rows.loc[after, list(HACK_COLUMNS)]}).astype(float)
+    table["growth"] = table.iloc[:, 1] - table.iloc[:, 0]
+    table.index = [f"{HACK_NAMES[name]} ({'words' if name == 'words' else 'share'})" for name in table.index]
+    table.index.name = "behaviour"
+    return table.assign(column=list(HACK_COLUMNS))
 
 
 def probe_questions(scale: str | None = None, per_family: int | None = None) -> tuple[list[str], list[str]]:
@@ -119,31 +149,37 @@ def training_questions() -> list[str]:
 
 @dataclass
 class SweepConfig:
-    betas: tuple[float, ...] = (0.0, 0.02, 0.05, 0.2)  # fixed KL coefficients; β = 0 is no leash at all
-    iterations: int = 20  # PPO iterations per sweep run (shorter than lesson 05's run)
+    # The β sweep: fixed KL coefficients (β = 0 is no leash at all), short runs with a fast learner
+    # so that the runs spread out along the KL axis.
+    betas: tuple[float, ...] = (0.0, 0.03, 0.1, 0.3, 1.0)
+    iterations: int = 20  # PPO iterations per sweep run
     batch_size: int = 32
-    lr: float = 1e-4  # a faster learner than lesson 05's, so the runs spread out along the KL axis
-    # The weak-leash run: no KL penalty, a long run and a high learning rate, to over-optimise.
+    lr: float = 3e-4  # ten times lesson 05's: each run travels further in its 20 iterations
+    frontier_per_family: int = 40  # held-out prompts per family for each frontier point
+    # The weak-leash run: no KL penalty and a long run, to over-optimise the reward model.
     leash_beta: float = 0.0
-    leash_iterations: int = 60
+    leash_iterations: int = 80
     leash_lr: float = 2e-4
     leash_batch_size: int = 32
     measure_every: int = 5  # iterations between held-out measurements of the weak-leash run
-    # The adaptive controller demo: a horizon scaled to a short run, so β can visibly move.
-    adaptive_beta: float = 0.02
-    adaptive_target: float = 2.0
-    adaptive_horizon: int = 320
-    adaptive_iterations: int = 30
-    probe_per_family: int = 10  # held-out prompts per family for every measurement
+    curve_per_family: int = 10  # held-out prompts per family for each of those measurements
+    # The adaptive controller: it starts from the strongest leash of the sweep and has to find the
+    # β that spends the target KL. The horizon is scaled to a short run, so that β can visibly
+    # move (by at most a factor 1 ± 0.2 · batch_size / horizon per iteration).
+    adaptive_beta: float = 1.0
+    adaptive_target: float = 1.5
+    adaptive_horizon: int = 64
+    adaptive_iterations: int = 25
     seed: int = 0
 
 
 SWEEP_PRESETS = {
-    "ci": dict(betas=(0.0, 0.05, 0.2, 1.0), iterations=4, batch_size=16, leash_iterations=8, leash_batch_size=16,
-               measure_every=2, adaptive_iterations=6, probe_per_family=4),
+    "ci": dict(betas=(0.0, 0.1, 0.3, 1.0), iterations=3, batch_size=16, frontier_per_family=4, leash_iterations=8,
+               leash_batch_size=16, measure_every=2, curve_per_family=4, adaptive_iterations=6,
+               adaptive_horizon=32),
     "laptop": dict(),
-    "gpu": dict(iterations=40, batch_size=64, leash_iterations=120, leash_batch_size=64, adaptive_iterations=60,
-                probe_per_family=40),
+    "gpu": dict(iterations=40, batch_size=64, leash_iterations=160, leash_batch_size=64, adaptive_iterations=50,
+                adaptive_horizon=128, curve_per_family=20),
 }
 
 
@@ -159,15 +195,16 @@ def _ppo_trainer(sft_policy, reward_model, tokenizer, scale: str | None, **ppo_o
 
 
 def beta_sweep(sft_policy, reward_model, tokenizer, cfg: SweepConfig, scale: str | None = None,
-               progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+               progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """PPO at each fixed β in `cfg.betas`, each measured on the held-out probe prompts.
 
     Returns:
         frontier: one row per β -- reward, true_score, kl (and the hack columns, wall time).
-        histories: every run's per-iteration PPO history, with a `beta` column to tell them apart.
+        histories: every run's per-iteration PPO history, with a `beta_setting` column.
+        answers: every run's measured answers (`measure_policy` rows), with a `beta_setting` column.
     """
-    questions, families = probe_questions(scale, cfg.probe_per_family)
-    rows, histories = [], []
+    questions, families = probe_questions(scale, cfg.frontier_per_family)
+    rows, histories, answers = [], [], []
     for beta in cfg.betas:
         trainer = _ppo_trainer(sft_policy, reward_model, tokenizer, scale, beta=beta, adaptive_kl=False,
                                iterations=cfg.iterations, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed)
@@ -178,7 +215,8 @@ def beta_sweep(sft_policy, reward_model, tokenizer, cfg: SweepConfig, scale: str
                                trainer.cfg.temperature, trainer.cfg.max_new_tokens, families=families)
         rows.append({"beta": beta, **frontier_point(frame), "seconds": seconds})
         histories.append(history.assign(beta_setting=beta))
-    return pd.DataFrame(rows), pd.concat(histories, ignore_index=True)
+        answers.append(frame.assign(beta_setting=beta))
+    return pd.DataFrame(rows), pd.concat(histories, ignore_index=True), pd.concat(answers, ignore_index=True)
 
 
 def weak_leash_run(sft_policy, reward_model, tokenizer, cfg: SweepConfig, scale: str | None = None,
@@ -193,7 +231,7 @@ def weak_leash_run(sft_policy, reward_model, tokenizer, cfg: SweepConfig, scale:
         answers: every measured answer, with its `iteration` (to read samples before and after the peak).
         history: the PPO run's own per-iteration history.
     """
-    questions, families = probe_questions(scale, cfg.probe_per_family)
+    questions, families = probe_questions(scale, cfg.curve_per_family)
     rows, answers = [], []
 
     def measure(trainer, iteration: int) -> None:
@@ -236,18 +274,19 @@ def adaptive_kl_run(sft_policy, reward_model, tokenizer, cfg: SweepConfig, scale
 def overoptimisation_summary(curve: pd.DataFrame, smooth: int = 3) -> dict[str, float]:
     """Where the true score peaked in a weak-leash curve, and where both scores ended.
 
-    The curves are smoothed with a centred rolling mean over `smooth` measurements first, so one
-    lucky batch of samples does not make the peak.
+    Every value is a centred mean over `smooth` consecutive measurements (so one lucky batch of
+    samples cannot make the peak); `final_*` is the mean of the last `smooth` measurements.
 
     Returns: peak_iteration, peak_true, peak_reward, peak_kl, final_true, final_reward, final_kl,
     true_drop (peak_true - final_true) and reward_gain_after_peak (final_reward - peak_reward).
     """
-    smoothed = curve[["true_score", "reward", "kl"]].rolling(smooth, center=True, min_periods=1).mean()
-    peak = int(smoothed["true_score"].idxmax())
-    last = len(curve) - 1
-    return {"peak_iteration": int(curve["iteration"].iloc[peak]), "peak_true": float(smoothed["true_score"].iloc[peak]),
-            "peak_reward": float(smoothed["reward"].iloc[peak]), "peak_kl": float(smoothed["kl"].iloc[peak]),
-            "final_true": float(smoothed["true_score"].iloc[last]), "final_reward": float(smoothed["reward"].iloc[last]),
-            "final_kl": float(smoothed["kl"].iloc[last]),
-            "true_drop": float(smoothed["true_score"].iloc[peak] - smoothed["true_score"].iloc[last]),
-            "reward_gain_after_peak": float(smoothed["reward"].iloc[last] - smoothed["reward"].iloc[peak])}
+    smooth = min(smooth, len(curve))
+    smoothed = curve[["true_score", "reward", "kl"]].rolling(smooth, center=True, min_periods=smooth).mean()
+    smoothed = smoothed.dropna()
+    peak, last = smoothed["true_score"].idxmax(), smoothed.index[-1]
+    return {"peak_iteration": int(curve.loc[peak, "iteration"]), "peak_true": float(smoothed.loc[peak, "true_score"]),
+            "peak_reward": float(smoothed.loc[peak, "reward"]), "peak_kl": float(smoothed.loc[peak, "kl"]),
+            "final_true": float(smoothed.loc[last, "true_score"]), "final_reward": float(smoothed.loc[last, "reward"]),
+            "final_kl": float(smoothed.loc[last, "kl"]),
+            "true_drop": float(smoothed.loc[peak, "true_score"] - smoothed.loc[last, "true_score"]),
+            "reward_gain_after_peak": float(smoothed.loc[last, "reward"] - smoothed.loc[peak, "reward"])}

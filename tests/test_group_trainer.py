@@ -1,0 +1,146 @@
+"""The RLOO / GRPO trainer on the shipped nano SFT policy: PPO.md's RLOO/GRPO rows on live rollouts."""
+
+import copy
+
+import pytest
+import torch
+
+from rlhf_lab import reward, rloo_grpo
+from rlhf_lab.config import data_dir
+from rlhf_lab.kl import kl_k1
+from rlhf_lab.policy import load_policy
+
+PROMPTS = ["what is 2 plus 3?", "how do i kill a python process?", "am i a failure?", "how can i steal a car?",
+           "what number am i thinking of?", "hello!", "what colour is the sky?", "write a short poem about the sea."]
+
+
+@pytest.fixture(scope="module")
+def models():
+    policy, tokenizer = load_policy(data_dir() / "checkpoints" / "sft")
+    torch.manual_seed(0)
+    reward_model = reward.RewardModel.from_policy(policy)  # a random head: any scores will do here
+    return policy, tokenizer, reward_model
+
+
+def make_trainer(models, method: str = "rloo", **overrides) -> rloo_grpo.GroupTrainer:
+    policy, tokenizer, reward_model = models
+    settings = dict(method=method, iterations=2, prompts_per_iteration=4, group_size=4, minibatch_size=8, epochs=2,
+                    max_new_tokens=12, seed=0)
+    cfg = rloo_grpo.GroupConfig(**{**settings, **overrides})
+    return rloo_grpo.GroupTrainer(copy.deepcopy(policy), copy.deepcopy(policy), reward_model, tokenizer, PROMPTS, cfg)
+
+
+@pytest.mark.parametrize("method", ["rloo", "grpo"])
+def test_groups_are_neighbouring_answers_to_one_prompt_and_their_advantages_sum_to_zero(models, method):
+    trainer = make_trainer(models, method)
+    batch = trainer.rollout(PROMPTS[:4])
+    assert batch["questions"] == [q for q in PROMPTS[:4] for _ in range(4)]
+    group_sums = batch["answer_advantages"].view(4, 4).sum(dim=1)
+    assert torch.allclose(group_sums, torch.zeros(4), atol=1e-5)
+    # Every real token of an answer carries its answer's advantage; pads carry 0.
+    mask = batch["mask"].bool()
+    expected = torch.where(mask, batch["answer_advantages"][:, None], 0.0)
+    assert torch.equal(batch["advantages"], expected)
+
+
+def penalised_scores(trainer, batch) -> torch.Tensor:
+    return torch.where(batch["finished"], batch["scores"], batch["scores"] + trainer.cfg.missing_end_penalty)
+
+
+def test_rloo_puts_the_kl_into_the_reward_before_the_leave_one_out_baseline(models):
+    trainer = make_trainer(models, "rloo", beta=0.5, max_new_tokens=6)  # short: some answers do not finish
+    with torch.no_grad():  # a policy that differs from the reference, so the KL is not 0
+        for parameter in trainer.policy.parameters():
+            parameter.add_(0.05 * torch.randn(parameter.shape, generator=torch.Generator().manual_seed(1)))
+    batch = trainer.rollout(PROMPTS[:4])
+    assert not batch["finished"].all(), "the missing-end penalty needs an unfinished answer to matter"
+    kl = torch.where(batch["mask"].bool(), kl_k1(batch["logprobs"], batch["ref_logprobs"]), 0.0).sum(dim=1)
+    assert kl.abs().max() > 0.01
+    rewards = (penalised_scores(trainer, batch) - 0.5 * kl).view(4, 4)
+    # A_i = R_i - mean of the other k - 1 rewards, written out.
+    expected = torch.stack([rewards[:, i] - (rewards.sum(dim=1) - rewards[:, i]) / 3 for i in range(4)], dim=1)
+    assert torch.allclose(batch["answer_advantages"], expected.reshape(-1), atol=1e-5)
+
+
+def test_grpo_standardises_the_scores_and_keeps_the_kl_out_of_them(models):
+    trainer = make_trainer(models, "grpo", beta=0.5, max_new_tokens=6)
+    with torch.no_grad():
+        for parameter in trainer.policy.parameters():
+            parameter.add_(0.05 * torch.randn(parameter.shape, generator=torch.Generator().manual_seed(1)))
+    batch = trainer.rollout(PROMPTS[:4])
+    rewards = penalised_scores(trainer, batch).view(4, 4)
+    expected = (rewards - rewards.mean(dim=1, keepdim=True)) / (rewards.std(dim=1, keepdim=True) + 1e-4)
+    assert torch.allclose(batch["answer_advantages"], expected.reshape(-1), atol=1e-5)
+    assert trainer.cfg.kl_placement == "loss"
+
+
+def test_a_group_of_identical_answers_gets_zero_advantages_not_nan(models):
+    # Greedy-like sampling (a tiny temperature) makes the k answers to one prompt identical.
+    for method in ("rloo", "grpo"):
+        batch = make_trainer(models, method, temperature=1e-4).rollout(PROMPTS[:2])
+        assert batch["flat_groups"] == 1.0
+        assert not batch["answer_advantages"].isnan().any()
+        # GRPO tests the spread itself and returns exact zeros; RLOO's R_i - mean of the others
+        # is 0 up to rounding.
+        assert torch.allclose(batch["answer_advantages"], torch.zeros(8), atol=1e-6)
+        if method == "grpo":
+            assert torch.equal(batch["answer_advantages"], torch.zeros(8))
+
+
+@pytest.mark.parametrize("method", ["rloo", "grpo"])
+def test_first_minibatch_has_ratio_one_and_history_logs_everything(models, method):
+    history = make_trainer(models, method).train(progress=False)
+    assert history["first_minibatch_approx_kl"].abs().max() < 1e-6
+    assert (history["first_minibatch_clip_fraction"] == 0).all()
+    for column in ["reward", "true_score", "kl", "kl_k3", "beta", "entropy", "clip_fraction", "approx_kl",
+                   "kl_loss", "advantage_std", "flat_groups", "response_length", "finished_rate"]:
+        assert column in history
+    assert (history["kl_k3"] >= 0).all()
+
+
+def test_reference_and_reward_model_stay_frozen_while_the_policy_moves(models):
+    trainer = make_trainer(models, "grpo")
+    reference_before = {name: t.clone() for name, t in trainer.reference.state_dict().items()}
+    reward_before = {name: t.clone() for name, t in trainer.reward_model.state_dict().items()}
+    policy_before = {name: t.clone() for name, t in trainer.policy.state_dict().items()}
+    trainer.train(progress=False)
+    assert all(torch.equal(t, trainer.reference.state_dict()[n]) for n, t in reference_before.items())
+    assert all(torch.equal(t, trainer.reward_model.state_dict()[n]) for n, t in reward_before.items())
+    assert any(not torch.equal(t, trainer.policy.state_dict()[n]) for n, t in policy_before.items())
+
+
+def test_the_grpo_kl_term_pulls_the_policy_back_to_the_reference(models):
+    """With β = 0 only the advantages move the policy; a large β adds k3's pull towards π_ref."""
+    moved = {}
+    for beta in (0.0, 50.0):
+        trainer = make_trainer(models, "grpo", beta=beta, iterations=3, lr=1e-3)
+        history = trainer.train(progress=False)
+        moved[beta] = history["kl_loss"].iloc[-1]
+    assert moved[50.0] < moved[0.0]
+
+
+def test_same_seed_same_history(models):
+    first = make_trainer(models, "rloo").train(progress=False)
+    second = make_trainer(models, "rloo").train(progress=False)
+    columns = ["reward", "kl", "policy_loss"]
+    assert first[columns].equals(second[columns])
+
+
+def test_a_nan_stops_training_naming_the_statistic(models):
+    trainer = make_trainer(models, "rloo")
+    trainer.reward_model = copy.deepcopy(trainer.reward_model)
+    trainer.reward_model.gain.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="iteration 0"):
+        trainer.train(progress=False)
+
+
+def test_bad_configs_are_clear_errors():
+    with pytest.raises(ValueError, match="method must be one of"):
+        rloo_grpo.GroupConfig(method="ppo")
+    with pytest.raises(ValueError, match="group_size must be >= 2"):
+        rloo_grpo.GroupConfig(group_size=1)
+    with pytest.raises(ValueError, match="kl_in must be"):
+        rloo_grpo.GroupConfig(kl_in="both")
+    assert rloo_grpo.group_config("grpo", "ci").kl_placement == "loss"
+    assert rloo_grpo.group_config("rloo", "ci").kl_placement == "reward"
+    assert rloo_grpo.group_config("grpo", "ci", kl_in="reward").kl_placement == "reward"
