@@ -38,7 +38,7 @@ def assert_clean_error(result: subprocess.CompletedProcess) -> str:
 
 
 # The commands the parser knows, read from its usage line "{data,pretrain,...}".
-COMMANDS = re.search(r"\{([a-z_,]+)\}", build_parser().format_usage()).group(1).split(",")
+COMMANDS = re.search(r"\{([a-z_,-]+)\}", build_parser().format_usage()).group(1).split(",")
 
 
 def test_top_level_help_lists_and_describes_every_command():
