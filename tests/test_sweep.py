@@ -1,6 +1,5 @@
 """Measuring policies for the KL frontier, the sweep experiments, and the new command-line commands."""
 
-import argparse
 import copy
 import json
 import math
@@ -10,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rlhf_lab import cli, cli_beyond, sweep, world
+from rlhf_lab import cli, sweep, world
 from rlhf_lab.config import data_dir
 from rlhf_lab.policy import generate, load_policy
 from rlhf_lab.reward import RewardModel, score_answers
@@ -155,11 +154,8 @@ def test_adaptive_run_moves_beta_by_the_controller_rule(models):
 
 
 def run_command(*argv: str) -> dict:
-    """Parse and run a command in-process, with the new commands registered the way cli.py will."""
-    parser = cli.build_parser()
-    commands = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
-    cli_beyond.add_commands(commands)
-    args = parser.parse_args(list(argv))
+    """Parse and run a command in-process, exactly as `python -m rlhf_lab` does."""
+    args = cli.build_parser().parse_args(list(argv))
     return args.run(args)
 
 
