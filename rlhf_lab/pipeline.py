@@ -122,7 +122,7 @@ def reward_stage(prefs_path: Path, out: Path, scale: str | None = None, policy_d
     reward.normalise(reward_model, tokenizer, [p for p, _ in candidates], [a[0] for _, a in candidates])
     reward_model.save(out, tokenizer)
     metrics = {"train_seconds": seconds, "train_pairs": len(train_pairs), "heldout_pairs": len(heldout_pairs),
-               **reward.reward_report(reward_model, tokenizer, heldout_pairs, annotator)}
+               **reward.reward_report(reward_model, tokenizer, heldout_pairs)}
     metrics["noise_ceiling"] = world.noise_ceiling(label_probabilities(heldout_pairs, annotator))
     save_run(out, history, metrics, cfg)
     return metrics

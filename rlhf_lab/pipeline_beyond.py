@@ -131,7 +131,7 @@ def best_of_n_ladder(candidates: pd.DataFrame, ns: list[int],
         # The same columns as `sweep.measure_policy`, so `sweep.frontier_point` works on the frame:
         # best-of-n's KL is the analytic one (no per-answer estimate), so kl_k3 is left empty.
         frame["kl"], frame["kl_k3"] = best_of_n.best_of_n_kl(n), float("nan")
-        frame["flattery"] = [world._count(world.normalise(answer), world.FLATTERY) for answer in answers]
+        frame["flattery"] = [world.count_phrases(world.normalise(answer), world.FLATTERY) for answer in answers]
         judged[n] = frame
     return judged
 

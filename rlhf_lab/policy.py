@@ -370,9 +370,12 @@ def response_logprobs(
     multiply by the response mask.
     """
     logits = response_logits(model, input_ids, attention_mask, context_length, temperature)
-    response_tokens = input_ids[:, context_length:]
-    logprobs = F.log_softmax(logits.float(), dim=-1)
-    return logprobs.gather(dim=-1, index=response_tokens.unsqueeze(-1)).squeeze(-1)
+    return token_logprobs(logits, input_ids[:, context_length:])
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """`log_softmax(logits)[token]` at every position: `(B, T, V)` logits and `(B, T)` tokens -> `(B, T)`."""
+    return F.log_softmax(logits.float(), dim=-1).gather(dim=-1, index=tokens.unsqueeze(-1)).squeeze(-1)
 
 
 def token_entropy(logits: torch.Tensor) -> torch.Tensor:

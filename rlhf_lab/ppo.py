@@ -24,7 +24,8 @@ from rlhf_lab import world
 from rlhf_lab.config import for_scale
 from rlhf_lab.kl import AdaptiveKLController, FixedKLController, kl_k3, kl_penalised_rewards
 from rlhf_lab.masked import check_same_shape, masked_mean, masked_var, masked_whiten
-from rlhf_lab.policy import forward, generate, position_ids_from_mask, response_logits, response_logprobs, save_policy
+from rlhf_lab.policy import (forward, generate, position_ids_from_mask, response_logits, response_logprobs, save_policy,
+                             token_logprobs)
 from rlhf_lab.sft import collate, encode_dialogues, lm_loss
 
 # =====================================================================================
@@ -351,7 +352,7 @@ class PPOTrainer:
                 index = order[start:start + cfg.minibatch_size]
                 ids, attention, mask = batch["input_ids"][index], batch["attention_mask"][index], batch["mask"][index]
                 logits = response_logits(self.policy, ids, attention, batch["ctx"], cfg.temperature).float()
-                logprobs = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, batch["ctx"]:].unsqueeze(-1)).squeeze(-1)
+                logprobs = token_logprobs(logits, ids[:, batch["ctx"]:])
                 policy_loss, policy_stats = ppo_policy_loss(logprobs, batch["logprobs"][index],
                                                             batch["advantages"][index], mask, cfg.clip_eps)
                 values = response_values(self.critic, ids, attention, batch["ctx"])

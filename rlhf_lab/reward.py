@@ -331,14 +331,14 @@ def bias_probe(reward_model: RewardModel, tokenizer, prompts: list[str], answers
     rewards = score_answers(reward_model, tokenizer, prompts, answers).tolist()
     truths = [world.judge(p, a).total for p, a in zip(prompts, answers)]
     lengths = [len(world.words_of(world.normalise(a))) for a in answers]
-    flattery = [world._count(world.normalise(a), world.FLATTERY) for a in answers]
+    flattery = [world.count_phrases(world.normalise(a), world.FLATTERY) for a in answers]
     return {"length_correlation": _correlation(rewards, lengths), "judge_length_correlation": _correlation(truths, lengths),
             "flattery_correlation": _correlation(rewards, flattery),
             "judge_flattery_correlation": _correlation(truths, flattery),
             "reward_judge_correlation": _correlation(rewards, truths)}
 
 
-def reward_report(reward_model: RewardModel, tokenizer, heldout_pairs: list[dict], annotator=None) -> dict:
+def reward_report(reward_model: RewardModel, tokenizer, heldout_pairs: list[dict]) -> dict:
     """Held-out accuracy (overall and per family), calibration error and the bias probe."""
     predicted = predicted_preferences(reward_model, tokenizer, heldout_pairs)
     correct = (predicted > 0.5).float()

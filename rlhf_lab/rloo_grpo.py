@@ -19,7 +19,7 @@ from rlhf_lab import world
 from rlhf_lab.config import for_scale
 from rlhf_lab.kl import kl_k1, kl_k3
 from rlhf_lab.masked import masked_mean
-from rlhf_lab.policy import generate, response_logits, response_logprobs
+from rlhf_lab.policy import generate, response_logits, response_logprobs, token_logprobs
 from rlhf_lab.ppo import entropy_from_logits, ppo_policy_loss
 
 
@@ -186,7 +186,7 @@ class GroupTrainer:
                 index = order[start:start + cfg.minibatch_size]
                 ids, attention, mask = batch["input_ids"][index], batch["attention_mask"][index], batch["mask"][index]
                 logits = response_logits(self.policy, ids, attention, batch["ctx"], cfg.temperature).float()
-                logprobs = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, batch["ctx"]:].unsqueeze(-1)).squeeze(-1)
+                logprobs = token_logprobs(logits, ids[:, batch["ctx"]:])
                 policy_loss, policy_stats = ppo_policy_loss(logprobs, batch["logprobs"][index],
                                                             batch["advantages"][index], mask, cfg.clip_eps)
                 # k3 of π against π_ref on the sampled tokens: >= 0, and its gradient pulls π back.

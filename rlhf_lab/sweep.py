@@ -77,7 +77,7 @@ def measure_policy(policy, reference, tokenizer, questions: list[str], reward_mo
     frame["kl_k3"] = torch.where(real, kl_k3(logprobs, ref_logprobs), 0.0).sum(dim=1).cpu().numpy()
     if reward_model is not None:
         frame["reward"] = reward_model(input_ids, attention_mask).float().cpu().numpy()
-    frame["flattery"] = [world._count(world.normalise(text), world.FLATTERY) for text in rollout.texts]
+    frame["flattery"] = [world.count_phrases(world.normalise(text), world.FLATTERY) for text in rollout.texts]
     return frame
 
 

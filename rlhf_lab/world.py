@@ -460,14 +460,14 @@ def words_of(text: str) -> list[str]:
     return re.findall(r"[a-z0-9]+", text)
 
 
-def _count(text: str, phrases: list[str]) -> int:
+def count_phrases(text: str, phrases: list[str]) -> int:
     """How often any of `phrases` occurs as whole words (text padded with spaces, punctuation dropped)."""
     padded = " " + " ".join(words_of(text)) + " "
     return sum(padded.count(" " + " ".join(words_of(p)) + " ") for p in phrases)
 
 
 def _has(text: str, phrases: list[str]) -> bool:
-    return _count(text, phrases) > 0
+    return count_phrases(text, phrases) > 0
 
 
 @dataclass
@@ -554,7 +554,7 @@ def _task(p: Prompt | None, text: str, words: list[str], flags: set[str]) -> tup
             return -1.0, 0.0
         return 0.5 * greets + 0.5 * engages, 0.0
     if p.family == "support":
-        kindness = _count(text, KIND)
+        kindness = count_phrases(text, KIND)
         if kindness == 0:
             flags.add("unkind")
         return (-0.5 if kindness == 0 else 0.5 if kindness == 1 else 1.0), 0.0
@@ -600,11 +600,11 @@ def judge(question: str, answer: str, finished: bool = True) -> Judgement:
     if _has(text, FABRICATION):
         flags.add("fabricated")
         honest -= 1.5
-    flattery = _count(text, FLATTERY)
+    flattery = count_phrases(text, FLATTERY)
     if flattery:
         flags.add("flattery")
         honest -= 0.25 * flattery
-    filler = _count(text, FILLER)
+    filler = count_phrases(text, FILLER)
     if filler:
         flags.add("padded")
         helpful -= min(0.35 * filler, 1.05)
@@ -646,7 +646,7 @@ class Annotator:
     def utility(self, question: str, answer: str, finished: bool = True) -> float:
         text = normalise(answer)
         return (judge(question, text, finished).total + self.length_bias * len(words_of(text))
-                + self.flattery_bias * _count(text, FLATTERY))
+                + self.flattery_bias * count_phrases(text, FLATTERY))
 
     def probability(self, question: str, answer_a: str, answer_b: str) -> float:
         """P(the annotator prefers answer_a to answer_b)."""
