@@ -127,6 +127,19 @@ def cmd_evaluate(args) -> dict:
     return result
 
 
+def cmd_colab(args) -> list[str]:
+    """Regenerate the Colab badge and install cell of every lesson from `colab.REPOSITORY`."""
+    from rlhf_lab import colab
+    from rlhf_lab.config import REPO_DIR
+
+    notebooks = sorted((REPO_DIR / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    changed = [str(path.relative_to(REPO_DIR)) for path in notebooks if colab.write_notebook_cells(path)]
+    if colab.write_readme_badges(REPO_DIR / "README.md", notebooks):
+        changed.append("README.md")
+    print(f"Colab badges for {colab.repository_url()}: " + (", ".join(changed) + " updated" if changed else "all up to date"))
+    return changed
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m rlhf_lab", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -190,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.add_argument("--samples", type=Path, default=None, help="also write every judged answer to this CSV")
     p.set_defaults(run=cmd_evaluate)
+
+    p = commands.add_parser("colab", help="write the Open-in-Colab badge and install cell into every lesson and the README")
+    p.set_defaults(run=cmd_colab)
 
     from rlhf_lab.cli_beyond import add_commands
 
