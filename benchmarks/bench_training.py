@@ -8,7 +8,9 @@
 It measures three things, each with the code the lessons use:
 
 1. training tokens/s: the pretraining loop (`sft.train_language_model`) on a sample of the
-   pretraining corpus, a fresh policy of the scale's size, for a few steps;
+   pretraining corpus, a fresh policy of the scale's size, for a few steps (the first ones, which
+   pay for one-off set-up, left out) -- on a recent GPU with bf16 autocast (`config.autocast`) and
+   again in float32, so you see what mixed precision buys at this size;
 2. generation tokens/s: the `policy.generate` helper on a batch of held-out prompts, with the
    SFT checkpoint (`find_checkpoint("sft")`);
 3. PPO episodes/s (one episode = one prompt answered, scored and trained on), with the time share
@@ -36,7 +38,7 @@ import torch
 from transformers.utils import logging as transformers_logging
 
 from rlhf_lab import data, ppo, sft
-from rlhf_lab.config import find_checkpoint, get_scale, pick_device, seed_everything
+from rlhf_lab.config import autocast, find_checkpoint, get_scale, pick_device, seed_everything
 from rlhf_lab.evaluate import eval_config
 from rlhf_lab.pipeline import POLICY_PRESET
 from rlhf_lab.policy import generate, load_policy, new_policy
@@ -44,6 +46,7 @@ from rlhf_lab.reward import RewardModel
 
 # How much work each measurement does: enough steps to average out the first, slower ones.
 FULL = dict(train_steps=30, train_rows=4096, generation_prompts=128, ppo_iterations=3)
+WARMUP_STEPS = 5  # training steps left out of the timing
 # --quick: seconds in all; the figures are then only a smoke test, not a measurement.
 QUICK = dict(train_steps=3, train_rows=256, generation_prompts=8, ppo_iterations=1)
 
@@ -54,7 +57,8 @@ def peak_rss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
-def bench_training(scale: str, device: torch.device, steps: int, rows: int, quick: bool) -> dict:
+def bench_training(scale: str, device: torch.device, steps: int, rows: int, quick: bool,
+                   mixed_precision: bool = True) -> dict:
     """Tokens/s of the pretraining loop: real (non-pad) tokens seen per second of training."""
     corpus = data.load_dialogues(data.world_file("pretrain"))
     # A random sample: encoding all 24,000 dialogues would take longer than the steps themselves,
@@ -63,14 +67,23 @@ def bench_training(scale: str, device: torch.device, steps: int, rows: int, quic
     _, tokenizer = load_policy(find_checkpoint("sft"))
     preset = POLICY_PRESET[scale]
     model = new_policy(preset, tokenizer).to(device)
-    overrides = dict(steps=steps, log_every=1, warmup_steps=1)
+    overrides = dict(steps=steps, log_every=1, warmup_steps=1, mixed_precision=mixed_precision)
     if quick:
         overrides["batch_size"] = 8
     cfg = sft.pretrain_config(scale, **overrides)
     history = sft.train_language_model(model, tokenizer, sample, cfg, progress=False, desc="bench")
-    last = history.iloc[-1]
+    # The first steps pay for one-off set-up (CUDA kernels, allocator): time the steps after them.
+    elapsed = history["tokens"] / history["tokens_per_s"]
+    warm = min(WARMUP_STEPS, len(history) - 2) if len(history) > 2 else 0
+    tokens = int(history["tokens"].iloc[-1] - history["tokens"].iloc[warm])
+    seconds = float(elapsed.iloc[-1] - elapsed.iloc[warm])
+    precision = "bf16 autocast" if autocast_active(device, mixed_precision) else "float32"
     return {"policy_preset": preset, "parameters": sum(p.numel() for p in model.parameters()), "steps": steps,
-            "batch_size": cfg.batch_size, "tokens": int(last["tokens"]), "tokens_per_s": float(last["tokens_per_s"])}
+            "batch_size": cfg.batch_size, "precision": precision, "tokens": tokens, "tokens_per_s": tokens / seconds}
+
+
+def autocast_active(device: torch.device, mixed_precision: bool) -> bool:
+    return isinstance(autocast(device, mixed_precision), torch.autocast)
 
 
 def bench_generation(scale: str, device: torch.device, n_prompts: int, quick: bool) -> dict:
@@ -124,9 +137,13 @@ def run(scale: str, quick: bool = False, device: str | None = None) -> dict:
     settings = QUICK if quick else FULL
     torch_device = pick_device(device)
     seed_everything(0)
+    training = bench_training(scale, torch_device, settings["train_steps"], settings["train_rows"], quick)
+    # Where mixed precision is on (a recent CUDA GPU), time float32 too: does it help at this size?
+    float32 = (bench_training(scale, torch_device, settings["train_steps"], settings["train_rows"], quick,
+                              mixed_precision=False) if autocast_active(torch_device, True) else None)
     return {
         "scale": scale, "quick": quick, "device": str(torch_device), "torch_threads": torch.get_num_threads(),
-        "training": bench_training(scale, torch_device, settings["train_steps"], settings["train_rows"], quick),
+        "training": training, "training_float32": float32,
         "generation": bench_generation(scale, torch_device, settings["generation_prompts"], quick),
         "ppo": bench_ppo(scale, torch_device, settings["ppo_iterations"], quick),
         "peak_rss_mb": peak_rss_mb(),
@@ -139,7 +156,9 @@ def print_report(result: dict) -> None:
           f"device {result['device']}, {result['torch_threads']} torch thread(s)")
     print(f"  training    {training['tokens_per_s']:10.0f} tokens/s    "
           f"(pretraining, {training['policy_preset']} policy of {training['parameters']:,} parameters, "
-          f"{training['steps']} steps of {training['batch_size']} dialogues)")
+          f"{training['steps']} steps of {training['batch_size']} dialogues, {training['precision']})")
+    if result["training_float32"]:
+        print(f"  training    {result['training_float32']['tokens_per_s']:10.0f} tokens/s    (the same in float32)")
     print(f"  generation  {generation['tokens_per_s']:10.0f} tokens/s    "
           f"({generation['prompts']} prompts, up to {generation['max_new_tokens']} new tokens, SFT policy)")
     print(f"  PPO         {ppo_result['episodes_per_s']:10.1f} episodes/s  "

@@ -10,6 +10,7 @@ Every trainer has its own config dataclass (its hyperparameters in one place, as
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from dataclasses import fields, replace
@@ -49,6 +50,20 @@ def pick_device(override: str | None = None) -> torch.device:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def autocast(device: torch.device, enabled: bool = True):
+    """bf16 mixed precision on a CUDA GPU that has it natively; full precision everywhere else.
+
+    Inside, matrix products run in bfloat16 on the tensor cores while the weights, the optimizer
+    state, softmaxes and losses stay float32 (autocast keeps those ops in float32). bfloat16 has
+    float32's exponent range, so no loss scaling is needed. GPUs before Ampere (a Colab T4) have no
+    native bfloat16, and a CPU gains nothing from it: both stay in float32.
+    """
+    device = torch.device(device)
+    if enabled and device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def seed_everything(seed: int) -> None:

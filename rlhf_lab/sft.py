@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from rlhf_lab.config import for_scale
+from rlhf_lab.config import autocast, for_scale
 from rlhf_lab.policy import forward
 from rlhf_lab.tokenizer import format_dialogue, format_prompt
 
@@ -38,6 +38,9 @@ class LMConfig:
     response_only: bool = False  # True for SFT: loss on the answer tokens only
     seed: int = 0
     log_every: int = 10
+    # bf16 autocast on a recent CUDA GPU (config.autocast); always float32 on a CPU. Off by default:
+    # at our model sizes it ran ~10x slower than float32 on an H200 (benchmarks/bench_training.py).
+    mixed_precision: bool = False
 
 
 PRETRAIN_PRESETS = {  # laptop: about 2.5 minutes on two CPU cores for the nano policy
@@ -147,7 +150,8 @@ def train_language_model(model, tokenizer, rows: list[dict], cfg: LMConfig, prog
         batch_index = next(batches)
         input_ids, attention_mask, loss_mask = (
             t.to(device) for t in collate([examples[i] for i in batch_index], tokenizer.pad_token_id, cfg.response_only))
-        loss = lm_loss(forward(model, input_ids, attention_mask), input_ids, loss_mask)
+        with autocast(device, cfg.mixed_precision):
+            loss = lm_loss(forward(model, input_ids, attention_mask), input_ids, loss_mask)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{desc}: the loss became {loss.item()} at step {step}; lower the lr ({cfg.lr})")
         optimizer.zero_grad(set_to_none=True)
