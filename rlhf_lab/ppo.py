@@ -254,7 +254,7 @@ class PPOConfig:
     # that what the reward model cannot see (is 3 plus 4 really 7?) is not forgotten -- the
     # "alignment tax". 0 turns it off. InstructGPT mixed in pretraining data; we use the SFT
     # demonstrations, which hold only good answers.
-    ptx_coef: float = 4.0
+    ptx_coef: float = 8.0  # 4 kept arithmetic at 62.5% against SFT's 65% at laptop scale; 8 kept all of it
     ptx_batch_size: int = 16
     seed: int = 0
     save_every: int = 10  # iterations between checkpoints (the last good one survives a crash)
