@@ -13,6 +13,7 @@
     rloo       RLOO: policy gradient with a leave-one-out group baseline
     grpo       GRPO: policy gradient with a standardised group baseline
     sweep      lesson 06 from the shell: β sweep (KL frontier), weak-leash run, adaptive KL
+    colab      rewrite every lesson's Open-in-Colab badge and install cell (and the README's badges)
 
 Every training command takes --scale {ci,laptop,gpu} and --out DIR, shows progress, saves a
 safetensors checkpoint with `history.csv` and `metrics.json` beside it, and ends with a summary.
