@@ -126,8 +126,8 @@ BADGE_MARK = "Open In Colab"
 INSTALL_MARK = "# On Colab only"
 
 
-def _cell(cell_type: str, source: str) -> dict:
-    cell = {"cell_type": cell_type, "metadata": {}, "source": source.splitlines(keepends=True)}
+def _cell(cell_type: str, source: str, cell_id: str) -> dict:
+    cell = {"cell_type": cell_type, "id": cell_id, "metadata": {}, "source": source.splitlines(keepends=True)}
     if cell_type == "code":
         cell.update(execution_count=None, outputs=[])
     return cell
@@ -135,7 +135,8 @@ def _cell(cell_type: str, source: str) -> dict:
 
 def colab_cells(notebook: str | Path) -> list[dict]:
     """The two cells every lesson starts with: the badge, then the install cell."""
-    return [_cell("markdown", badge_markdown(notebook)), _cell("code", install_cell(notebook))]
+    return [_cell("markdown", badge_markdown(notebook), "colab-badge"),
+            _cell("code", install_cell(notebook), "colab-install")]
 
 
 def write_notebook_cells(path: Path) -> bool:

@@ -128,3 +128,11 @@ def test_ci_script_ends_with_the_readme_test_command():
     assert readme.is_file() and README_TEST_COMMAND in readme.read_text(encoding="utf-8"), (
         f"README.md must show the test command that CI runs: {README_TEST_COMMAND}"
     )
+
+
+def test_every_notebook_cell_has_a_unique_id():
+    # nbformat 4.5 requires cell ids (a missing one is a warning now and an error in future nbformat).
+    for path in sorted((REPO / "notebooks").glob("*.ipynb")):
+        notebook = json.loads(path.read_text(encoding="utf-8"))
+        ids = [cell.get("id") for cell in notebook["cells"]]
+        assert all(ids) and len(set(ids)) == len(ids), f"{path.name}: cells without a unique id"
