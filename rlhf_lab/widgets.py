@@ -98,6 +98,22 @@ def _set_progress(progress: widgets.IntProgress, label: widgets.Label, n_labelle
     label.value = f"{n_labelled} / {target}"
 
 
+def _lay_out(labeler, answers: widgets.Widget, css_class: str) -> None:
+    """The layout both labelers share: progress, prompt, answers, buttons, message, agreement rate."""
+    labeler.message_html = widgets.HTML()
+    labeler.message_html.add_class("rlhf-message")
+    labeler.agreement_label = widgets.Label()
+    labeler.widget = widgets.VBox([
+        widgets.HBox([labeler.progress, labeler.progress_label]),
+        labeler.prompt_html,
+        answers,
+        widgets.HBox(list(labeler.buttons.values())),
+        labeler.message_html,
+        labeler.agreement_label,
+    ])
+    labeler.widget.add_class(css_class)
+
+
 class PairwiseLabeler:
     """Show a prompt and two answers; the learner says which is better (or tie, or skip).
 
@@ -146,20 +162,7 @@ class PairwiseLabeler:
             "skip": _button("Skip", "rlhf-skip", lambda: self._click(self.choose, "skip")),
             "undo": _button("Undo", "rlhf-undo", lambda: self._click(self.undo), "warning"),
         }
-        self.message_html = widgets.HTML()
-        self.message_html.add_class("rlhf-message")
-        self.agreement_label = widgets.Label()
-        self.widget = widgets.VBox(
-            [
-                widgets.HBox([self.progress, self.progress_label]),
-                self.prompt_html,
-                widgets.HBox([self.answer_a_html, self.answer_b_html]),
-                widgets.HBox(list(self.buttons.values())),
-                self.message_html,
-                self.agreement_label,
-            ]
-        )
-        self.widget.add_class("rlhf-pairwise-labeler")
+        _lay_out(self, widgets.HBox([self.answer_a_html, self.answer_b_html]), "rlhf-pairwise-labeler")
         self._refresh()
 
     # ----- state -----
@@ -332,20 +335,7 @@ class RankLabeler:
             "skip": _button("Skip", "rlhf-skip", lambda: self._click(self.skip)),
             "undo": _button("Undo", "rlhf-undo", lambda: self._click(self.undo), "warning"),
         }
-        self.message_html = widgets.HTML()
-        self.message_html.add_class("rlhf-message")
-        self.agreement_label = widgets.Label()
-        self.widget = widgets.VBox(
-            [
-                widgets.HBox([self.progress, self.progress_label]),
-                self.prompt_html,
-                self.answers_box,
-                widgets.HBox(list(self.buttons.values())),
-                self.message_html,
-                self.agreement_label,
-            ]
-        )
-        self.widget.add_class("rlhf-rank-labeler")
+        _lay_out(self, self.answers_box, "rlhf-rank-labeler")
         self._show_item()
 
     # ----- state -----
