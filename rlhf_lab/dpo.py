@@ -19,7 +19,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from rlhf_lab.config import artifacts_dir, data_dir, find_checkpoint, for_scale
-from rlhf_lab.masked import check_same_shape
+from rlhf_lab.masked import check_same_shape, weighted_mean
 from rlhf_lab.policy import encode_prompts, response_logprobs
 from rlhf_lab.preferences import PreferenceStore
 from rlhf_lab.reward import RewardConfig, item_batches, pairs_from_records, split_by_prompt
@@ -43,11 +43,13 @@ def dpo_loss(
     ref_chosen_logps: Tensor,
     ref_rejected_logps: Tensor,
     beta: float,
+    weights: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The DPO loss over a batch of preference pairs (sequence log-probs, shape (B,)).
 
         h = β [(log π(y_w) - log π_ref(y_w)) - (log π(y_l) - log π_ref(y_l))]
         L = mean -log σ(h)
+        L = sum_i w_i (-log σ(h_i)) / sum_i w_i        (with per-pair weights, as the reward model's)
 
     Returns:
         loss: a scalar to minimise.
@@ -64,7 +66,7 @@ def dpo_loss(
     chosen_logratios = policy_chosen_logps - ref_chosen_logps
     rejected_logratios = policy_rejected_logps - ref_rejected_logps
     preference_logits = beta * (chosen_logratios - rejected_logratios)
-    loss = -F.logsigmoid(preference_logits).mean()
+    loss = weighted_mean(-F.logsigmoid(preference_logits), weights, "dpo_loss")
     chosen_rewards = beta * chosen_logratios.detach()
     rejected_rewards = beta * rejected_logratios.detach()
     return loss, chosen_rewards, rejected_rewards
@@ -232,8 +234,9 @@ def train_dpo(policy, reference, tokenizer, pairs: list[dict], cfg: DPOConfig, p
         policy.train()
         policy_chosen_logps, policy_rejected_logps = pair_logprobs(policy, tokenizer, batch)
         ref_chosen_logps, ref_rejected_logps = reference_logps[step]
+        weights = torch.tensor([p.get("weight", 1.0) for p in batch], device=policy_chosen_logps.device)
         loss, chosen_rewards, rejected_rewards = dpo_loss(policy_chosen_logps, policy_rejected_logps,
-                                                          ref_chosen_logps, ref_rejected_logps, cfg.beta)
+                                                          ref_chosen_logps, ref_rejected_logps, cfg.beta, weights)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"DPO: the loss is {loss.item()} at step {step}; training stopped "
                                      f"(lower the lr, {cfg.lr})")

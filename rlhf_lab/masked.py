@@ -49,6 +49,23 @@ def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
     return real_sum / real_count
 
 
+def weighted_mean(x: Tensor, weights: Tensor | None, function_name: str = "weighted_mean") -> Tensor:
+    """Mean of per-pair losses, each counting w_i times: sum_i w_i x_i / sum_i w_i.
+
+    `weights=None` is the plain mean. Used to let a learner's own preference labels count more
+    than simulated ones, in the reward model's and in DPO's loss alike.
+    """
+    if weights is None:
+        return x.mean()
+    check_same_shape(function_name, losses=x, weights=weights)
+    if (weights < 0).any():
+        raise ValueError(f"{function_name}: `weights` must be >= 0")
+    total_weight = weights.sum()
+    if total_weight <= 0:
+        raise ValueError(f"{function_name}: `weights` sum to 0, so no pair counts")
+    return (weights * x).sum() / total_weight
+
+
 def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
     """Variance of `x` over all real tokens of the batch (a scalar).
 

@@ -22,7 +22,7 @@ from transformers import AutoTokenizer, GPT2Model
 
 from rlhf_lab import world
 from rlhf_lab.config import for_scale
-from rlhf_lab.masked import check_same_shape
+from rlhf_lab.masked import check_same_shape, weighted_mean
 from rlhf_lab.policy import position_ids_from_mask
 from rlhf_lab.tokenizer import format_dialogue, save_tokenizer
 
@@ -53,15 +53,7 @@ def bradley_terry_loss(
     """
     check_same_shape("bradley_terry_loss", chosen_rewards=chosen_rewards, rejected_rewards=rejected_rewards)
     pair_losses = -F.logsigmoid(chosen_rewards - rejected_rewards)
-    if weights is None:
-        return pair_losses.mean()
-    check_same_shape("bradley_terry_loss", chosen_rewards=chosen_rewards, weights=weights)
-    if (weights < 0).any():
-        raise ValueError("bradley_terry_loss: `weights` must be >= 0")
-    total_weight = weights.sum()
-    if total_weight <= 0:
-        raise ValueError("bradley_terry_loss: `weights` sum to 0, so no pair counts")
-    return (weights * pair_losses).sum() / total_weight
+    return weighted_mean(pair_losses, weights, "bradley_terry_loss")
 
 
 # =====================================================================================

@@ -69,3 +69,18 @@ def test_shapes_are_checked():
         dpo_loss(a, a, a, torch.zeros(4, 1), 0.1)
     with pytest.raises(ValueError, match="`mask`"):
         sequence_logprob(torch.zeros(2, 3), torch.ones(2, 4))
+
+
+def test_a_pair_of_weight_two_counts_like_the_same_pair_twice():
+    """The learner's own labels count `learner_weight` times in DPO, as in the reward model."""
+    generator = torch.Generator().manual_seed(0)
+    policy_chosen, policy_rejected, ref_chosen, ref_rejected = torch.randn(4, 3, generator=generator)
+    weights = torch.tensor([2.0, 1.0, 1.0])
+    weighted, _, _ = dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, 0.1, weights)
+    doubled = [torch.cat([t[:1], t]) for t in (policy_chosen, policy_rejected, ref_chosen, ref_rejected)]
+    repeated, _, _ = dpo_loss(*doubled, 0.1)
+    assert torch.allclose(weighted, repeated)
+    unweighted, _, _ = dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, 0.1)
+    assert not torch.allclose(weighted, unweighted)
+    with pytest.raises(ValueError, match=">= 0"):
+        dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, 0.1, -weights)

@@ -133,6 +133,27 @@ def test_training_fits_the_pairs_moves_the_policy_and_leaves_the_reference_alone
     assert history["kl"].notna().sum() == 2 and history["true_score"].notna().sum() == 2
 
 
+def test_the_trainer_weights_each_pair_by_its_weight(sft, monkeypatch):
+    """A learner's label (weight 2 in `preference_pairs`) counts twice in the loss the trainer minimises."""
+    model, tokenizer = sft
+    policy, reference = copy.deepcopy(model), copy.deepcopy(model)
+    pairs = [dict(pair, weight=2.0 if i % 2 else 1.0) for i, pair in enumerate(make_pairs())]
+    seen = []
+
+    def spy(*args, **kwargs):
+        weights = args[5] if len(args) > 5 else kwargs.get("weights")
+        if weights is not None:  # training steps (the held-out evaluation counts every pair once)
+            seen.append(weights.tolist())
+        return dpo_loss(*args, **kwargs)
+
+    dpo_loss = dpo.dpo_loss
+    monkeypatch.setattr(dpo, "dpo_loss", spy)
+    cfg = dpo.DPOConfig(max_steps=3, eval_every=100, eval_prompts=2, max_new_tokens=4, heldout_fraction=0.2)
+    dpo.train_dpo(policy, reference, tokenizer, pairs, cfg, progress=False)
+    trained_weights = [w for batch in seen for w in batch]
+    assert sorted(set(trained_weights)) == [1.0, 2.0]
+
+
 def test_a_nan_stops_training_naming_the_step(sft):
     model, tokenizer = sft
     policy, reference = copy.deepcopy(model), copy.deepcopy(model)
