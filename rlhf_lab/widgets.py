@@ -114,7 +114,45 @@ def _lay_out(labeler, answers: widgets.Widget, css_class: str) -> None:
     labeler.widget.add_class(css_class)
 
 
-class PairwiseLabeler:
+class _Labeler:
+    """What both labelers share: the queue of unlabelled items, button clicks that report errors,
+    the message line, display."""
+
+    def _start(self, items: list, answers_of: Callable, store: PreferenceStore, annotator: str,
+               target: int | None, judge_score: JudgeScore | None, reveal: bool, source: str) -> None:
+        """Keep the settings; queue the items this annotator has not labelled yet (resume)."""
+        self.items, self.store, self.annotator, self.source = items, store, annotator, source
+        self.target = len(items) if target is None else int(target)
+        self.judge_score = _cached(judge_score)
+        self.reveal = reveal
+        self._item_keys = {item_key(item[0], answers_of(item)) for item in items}
+        already_labelled = store.labelled_keys(annotator)
+        self._queue = [index for index, item in enumerate(items)
+                       if item_key(item[0], answers_of(item)) not in already_labelled]
+        self._history: list[tuple[int, list[str]]] = []  # (item index, ids written), for undo
+        self._message = ""
+
+    def _click(self, action: Callable[..., object], *args: object) -> None:
+        """Run a button's action; show errors in the widget (a callback's traceback is hidden)."""
+        try:
+            action(*args)
+        except Exception as error:
+            self.message_html.value = _message_html(f"Error: {error}", is_error=True)
+            raise
+
+    def _show_message(self) -> None:
+        """The last action's message and, when the judge is revealed, the running agreement rate."""
+        self.message_html.value = _message_html(self._message)
+        show_agreement = self.judge_score is not None and self.reveal
+        self.agreement_label.value = _agreement_message(self.agreement_rate) if show_agreement else ""
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
+
+
+class PairwiseLabeler(_Labeler):
     """Show a prompt and two answers; the learner says which is better (or tie, or skip).
 
     items: (prompt, answer_a, answer_b) triples. Items this annotator already labelled in
@@ -136,20 +174,8 @@ class PairwiseLabeler:
         reveal: bool = True,
         source: str = "human",
     ):
-        self.items = [_checked_pair_item(number, item) for number, item in enumerate(items)]
-        self.store = store
-        self.annotator = annotator
-        self.source = source
-        self.target = len(self.items) if target is None else int(target)
-        self.judge_score = _cached(judge_score)
-        self.reveal = reveal
-        self._item_keys = {item_key(prompt, (a, b)) for prompt, a, b in self.items}
-        already_labelled = store.labelled_keys(annotator)
-        self._queue = [
-            index for index, (prompt, a, b) in enumerate(self.items) if item_key(prompt, (a, b)) not in already_labelled
-        ]
-        self._history: list[tuple[int, list[str]]] = []  # (item index, ids written), for undo
-        self._message = ""
+        items = [_checked_pair_item(number, item) for number, item in enumerate(items)]
+        self._start(items, lambda item: item[1:], store, annotator, target, judge_score, reveal, source)
 
         self.progress, self.progress_label = _progress_widgets("rlhf-progress")
         self.prompt_html = widgets.HTML()
@@ -250,14 +276,6 @@ class PairwiseLabeler:
         )
         return f"Saved. {verdict} (A: {score_a:.2f}, B: {score_b:.2f}).{agreement}"
 
-    def _click(self, action: Callable[..., object], *args: object) -> None:
-        """Run a button's action; show errors in the widget (a callback's traceback is hidden)."""
-        try:
-            action(*args)
-        except Exception as error:
-            self.message_html.value = _message_html(f"Error: {error}", is_error=True)
-            raise
-
     # ----- display -----
 
     def _refresh(self) -> None:
@@ -277,17 +295,10 @@ class PairwiseLabeler:
         for name in ("A", "B", "tie", "skip"):
             self.buttons[name].disabled = current is None
         self.buttons["undo"].disabled = not self._history
-        self.message_html.value = _message_html(self._message)
-        show_agreement = self.judge_score is not None and self.reveal
-        self.agreement_label.value = _agreement_message(self.agreement_rate) if show_agreement else ""
-
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-
-        display(self.widget)
+        self._show_message()
 
 
-class RankLabeler:
+class RankLabeler(_Labeler):
     """Show a prompt and K answers; the learner gives each a rank (1 = best) and submits.
 
     items: (prompt, [answer, ...]) with K >= 2 different answers. A submitted ranking is saved
@@ -308,22 +319,8 @@ class RankLabeler:
         target: int | None = None,
         source: str = "human",
     ):
-        self.items = [_checked_rank_item(number, item) for number, item in enumerate(items)]
-        self.store = store
-        self.annotator = annotator
-        self.source = source
-        self.target = len(self.items) if target is None else int(target)
-        self.judge_score = _cached(judge_score)
-        self.reveal = reveal
-        self._item_keys = {item_key(prompt, answers) for prompt, answers in self.items}
-        already_labelled = store.labelled_keys(annotator)
-        self._queue = [
-            index
-            for index, (prompt, answers) in enumerate(self.items)
-            if item_key(prompt, answers) not in already_labelled
-        ]
-        self._history: list[tuple[int, list[str]]] = []  # (item index, ids written), for undo
-        self._message = ""
+        items = [_checked_rank_item(number, item) for number, item in enumerate(items)]
+        self._start(items, lambda item: item[1], store, annotator, target, judge_score, reveal, source)
         self.error: str | None = None  # why the last submit was refused, if it was
         self.rank_dropdowns: list[widgets.Dropdown] = []
 
@@ -428,13 +425,6 @@ class RankLabeler:
         agreed = sum(scores[better] > scores[worse] for better, worse in comparable)
         return f"Saved. The simulated human's order: {order_text}. You agree on {agreed} of {len(comparable)} pairs."
 
-    def _click(self, action: Callable[..., object], *args: object) -> None:
-        try:
-            action(*args)
-        except Exception as error:
-            self.message_html.value = _message_html(f"Error: {error}", is_error=True)
-            raise
-
     # ----- display -----
 
     def _show_item(self) -> None:
@@ -467,14 +457,7 @@ class RankLabeler:
         self.buttons["submit"].disabled = current is None
         self.buttons["skip"].disabled = current is None
         self.buttons["undo"].disabled = not self._history
-        self.message_html.value = _message_html(self._message)
-        show_agreement = self.judge_score is not None and self.reveal
-        self.agreement_label.value = _agreement_message(self.agreement_rate) if show_agreement else ""
-
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-
-        display(self.widget)
+        self._show_message()
 
 
 def _rank_error(ranks: list, k: int) -> str | None:
