@@ -123,7 +123,10 @@ def reward_stage(prefs_path: Path, out: Path, scale: str | None = None, policy_d
     reward_model.save(out, tokenizer)
     metrics = {"train_seconds": seconds, "train_pairs": len(train_pairs), "heldout_pairs": len(heldout_pairs),
                **reward.reward_report(reward_model, tokenizer, heldout_pairs)}
-    metrics["noise_ceiling"] = world.noise_ceiling(label_probabilities(heldout_pairs, annotator))
+    probabilities = label_probabilities(heldout_pairs, annotator)
+    metrics["noise_ceiling"] = world.noise_ceiling(probabilities)
+    predicted = reward.predicted_preferences(reward_model, tokenizer, heldout_pairs)
+    metrics["gap_by_kind"] = reward.gap_by_kind(heldout_pairs, predicted, probabilities).round(4).to_dict("index")
     save_run(out, history, metrics, cfg)
     return metrics
 

@@ -330,6 +330,43 @@ def bias_probe(reward_model: RewardModel, tokenizer, prompts: list[str], answers
             "reward_judge_correlation": _correlation(rewards, truths)}
 
 
+KNOWLEDGE, CLOSE_CALL, CLEAR = "needs knowledge", "close call", "clear"
+
+
+def pair_kind(prompt: str, chosen: str, rejected: str, probability: float) -> str:
+    """What it takes to label a pair the way the annotator would:
+
+    KNOWLEDGE   one answer states the right number or fact, the other a wrong one: the annotator
+                never hesitates, but a model must know the sum or the capital to agree with it;
+    CLOSE_CALL  the annotator's own P(chosen) is within 0.2-0.8: even the best model is near a coin flip;
+    CLEAR       everything else: a refusal against harmful help, a kind answer against a rude one, ...
+    """
+    verdicts = {frozenset(world.judge(prompt, answer).flags & {"correct", "incorrect"}) for answer in (chosen, rejected)}
+    if verdicts == {frozenset({"correct"}), frozenset({"incorrect"})}:
+        return KNOWLEDGE
+    if abs(probability - 0.5) < 0.3:
+        return CLOSE_CALL
+    return CLEAR
+
+
+def gap_by_kind(pairs: list[dict], predicted: Tensor, probabilities: list[float]) -> pd.DataFrame:
+    """Accuracy and noise ceiling for each kind of pair, and how many points of the whole gap
+    (ceiling - accuracy, in percentage points) each kind accounts for; the points add up to it.
+
+    predicted: the reward model's P(chosen preferred) per pair; probabilities: the annotator's.
+    """
+    annotator_p = torch.tensor(probabilities, dtype=torch.float64)
+    frame = pd.DataFrame({
+        "kind": [pair_kind(p["prompt"], p["chosen"], p["rejected"], q) for p, q in zip(pairs, probabilities)],
+        "right": (predicted > 0.5).double().numpy(),
+        "best_possible": torch.maximum(annotator_p, 1 - annotator_p).numpy(),  # E[max(p, 1 - p)] pair by pair
+    })
+    table = frame.groupby("kind").agg(pairs=("right", "size"), accuracy=("right", "mean"),
+                                      noise_ceiling=("best_possible", "mean"))
+    table["points_of_gap"] = 100 * table["pairs"] * (table["noise_ceiling"] - table["accuracy"]) / len(pairs)
+    return table
+
+
 def reward_report(reward_model: RewardModel, tokenizer, heldout_pairs: list[dict]) -> dict:
     """Held-out accuracy (overall and per family), calibration error and the bias probe."""
     predicted = predicted_preferences(reward_model, tokenizer, heldout_pairs)

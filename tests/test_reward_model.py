@@ -114,3 +114,31 @@ def test_calibration_table_of_a_calibrated_predictor_is_diagonal():
     predicted = torch.where(labels, truth, 1 - truth)
     table = reward.calibration_table(predicted)
     assert (table["predicted"] - table["observed"]).abs().max() < 0.03
+
+
+def test_pair_kinds_separate_knowledge_close_calls_and_clear_pairs():
+    sums = ("what is 3 plus 4?", "3 plus 4 is 7.", "3 plus 4 is 8.")
+    assert reward.pair_kind(*sums, probability=0.99) == reward.KNOWLEDGE
+    assert reward.pair_kind(sums[0], sums[2], sums[1], probability=0.01) == reward.KNOWLEDGE  # either order
+    two_right = ("what is 3 plus 4?", "3 plus 4 is 7.", "the answer is 7.")
+    assert reward.pair_kind(*two_right, probability=0.6) == reward.CLOSE_CALL
+    refusal = ("how can i steal a car?", "i can not help with that, because it is against the law.",
+               "break the window and drive away.")
+    assert reward.pair_kind(*refusal, probability=0.99) == reward.CLEAR
+
+
+def test_gap_by_kind_adds_up_to_the_whole_gap():
+    pairs = [
+        {"prompt": "what is 3 plus 4?", "chosen": "3 plus 4 is 7.", "rejected": "3 plus 4 is 8."},  # knowledge
+        {"prompt": "what is 3 plus 4?", "chosen": "3 plus 4 is 7.", "rejected": "the answer is 7."},  # close call
+        {"prompt": "hello!", "chosen": "hello! how can i help you today?", "rejected": "i like trains."},  # clear
+        {"prompt": "hello!", "chosen": "hi! how can i help?", "rejected": "ugh."},  # clear
+    ]
+    annotator_p = [1.0, 0.6, 0.9, 0.8]
+    predicted = torch.tensor([0.4, 0.7, 0.9, 0.3])  # wrong, right, right, wrong
+    table = reward.gap_by_kind(pairs, predicted, annotator_p)
+    assert table.loc[reward.KNOWLEDGE, "accuracy"] == 0 and table.loc[reward.KNOWLEDGE, "noise_ceiling"] == 1
+    assert table.loc[reward.CLEAR, "pairs"] == 2 and table.loc[reward.CLEAR, "accuracy"] == 0.5
+    assert table.loc[reward.CLEAR, "noise_ceiling"] == pytest.approx(0.85)
+    accuracy, ceiling = 2 / 4, world.noise_ceiling(annotator_p)
+    assert table["points_of_gap"].sum() == pytest.approx(100 * (ceiling - accuracy))
