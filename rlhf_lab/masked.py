@@ -52,7 +52,7 @@ def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
 def weighted_mean(x: Tensor, weights: Tensor | None, function_name: str = "weighted_mean") -> Tensor:
     """Mean of per-pair losses, each counting w_i times: sum_i w_i x_i / sum_i w_i.
 
-    `weights=None` is the plain mean. Used to let a learner's own preference labels count more
+    `weights=None` is the plain mean (and `masked_mean` is the case of 0/1 weights). Used to let a learner's own preference labels count more
     than simulated ones, in the reward model's and in DPO's loss alike.
     """
     if weights is None:

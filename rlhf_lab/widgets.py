@@ -98,25 +98,9 @@ def _set_progress(progress: widgets.IntProgress, label: widgets.Label, n_labelle
     label.value = f"{n_labelled} / {target}"
 
 
-def _lay_out(labeler, answers: widgets.Widget, css_class: str) -> None:
-    """The layout both labelers share: progress, prompt, answers, buttons, message, agreement rate."""
-    labeler.message_html = widgets.HTML()
-    labeler.message_html.add_class("rlhf-message")
-    labeler.agreement_label = widgets.Label()
-    labeler.widget = widgets.VBox([
-        widgets.HBox([labeler.progress, labeler.progress_label]),
-        labeler.prompt_html,
-        answers,
-        widgets.HBox(list(labeler.buttons.values())),
-        labeler.message_html,
-        labeler.agreement_label,
-    ])
-    labeler.widget.add_class(css_class)
-
-
 class _Labeler:
-    """What both labelers share: the queue of unlabelled items, button clicks that report errors,
-    the message line, display."""
+    """What both labelers share: the queue of unlabelled items (resume), the layout, button clicks
+    that report errors, the message line, display."""
 
     def _start(self, items: list, answers_of: Callable, store: PreferenceStore, annotator: str,
                target: int | None, judge_score: JudgeScore | None, reveal: bool, source: str) -> None:
@@ -131,6 +115,21 @@ class _Labeler:
                        if item_key(item[0], answers_of(item)) not in already_labelled]
         self._history: list[tuple[int, list[str]]] = []  # (item index, ids written), for undo
         self._message = ""
+
+    def _lay_out(self, answers: widgets.Widget, css_class: str) -> None:
+        """The layout both labelers share: progress, prompt, answers, buttons, message, agreement rate."""
+        self.message_html = widgets.HTML()
+        self.message_html.add_class("rlhf-message")
+        self.agreement_label = widgets.Label()
+        self.widget = widgets.VBox([
+            widgets.HBox([self.progress, self.progress_label]),
+            self.prompt_html,
+            answers,
+            widgets.HBox(list(self.buttons.values())),
+            self.message_html,
+            self.agreement_label,
+        ])
+        self.widget.add_class(css_class)
 
     def _click(self, action: Callable[..., object], *args: object) -> None:
         """Run a button's action; show errors in the widget (a callback's traceback is hidden)."""
@@ -188,7 +187,7 @@ class PairwiseLabeler(_Labeler):
             "skip": _button("Skip", "rlhf-skip", lambda: self._click(self.choose, "skip")),
             "undo": _button("Undo", "rlhf-undo", lambda: self._click(self.undo), "warning"),
         }
-        _lay_out(self, widgets.HBox([self.answer_a_html, self.answer_b_html]), "rlhf-pairwise-labeler")
+        self._lay_out(widgets.HBox([self.answer_a_html, self.answer_b_html]), "rlhf-pairwise-labeler")
         self._refresh()
 
     # ----- state -----
@@ -332,7 +331,7 @@ class RankLabeler(_Labeler):
             "skip": _button("Skip", "rlhf-skip", lambda: self._click(self.skip)),
             "undo": _button("Undo", "rlhf-undo", lambda: self._click(self.undo), "warning"),
         }
-        _lay_out(self, self.answers_box, "rlhf-rank-labeler")
+        self._lay_out(self.answers_box, "rlhf-rank-labeler")
         self._show_item()
 
     # ----- state -----
