@@ -271,6 +271,32 @@ def ppo_config(scale: str | None = None, **overrides) -> PPOConfig:
     return for_scale(PPOConfig, PPO_PRESETS, scale, **overrides)
 
 
+def minibatch_indices(size: int, minibatch_size: int, epochs: int, generator: torch.Generator):
+    """Row indices of every minibatch, epoch after epoch, with a fresh permutation each epoch
+    (PPO.md rule 12), so no minibatch repeats the same rows in the same order."""
+    for _ in range(epochs):
+        order = torch.randperm(size, generator=generator).tolist()
+        for start in range(0, size, minibatch_size):
+            yield order[start:start + minibatch_size]
+
+
+def policy_minibatch(policy, batch: dict, index: list[int], temperature: float):
+    """A minibatch's rows of the rollout, and the policy's logits and log-probs of its response
+    tokens *now* (the rollout's `logprobs` are the old ones): `(ids, attention, mask, logits, logprobs)`."""
+    ids, attention, mask = batch["input_ids"][index], batch["attention_mask"][index], batch["mask"][index]
+    logits = response_logits(policy, ids, attention, batch["ctx"], temperature).float()
+    return ids, attention, mask, logits, token_logprobs(logits, ids[:, batch["ctx"]:])
+
+
+def update_means(stats: dict[str, list[float]], first_minibatch: dict[str, float]) -> dict[str, float]:
+    """Each statistic's mean over the update's minibatches, plus the first minibatch's approx KL
+    and clip fraction (before any step they must be exactly 0: PPO.md)."""
+    means = {name: sum(values) / len(values) for name, values in stats.items()}
+    means["first_minibatch_approx_kl"] = first_minibatch["approx_kl"]
+    means["first_minibatch_clip_fraction"] = first_minibatch["clip_fraction"]
+    return means
+
+
 def _check_finite(stats: dict[str, float], iteration: int) -> None:
     """Stop at the first NaN/inf statistic, naming it: silent NaNs ruin every later number."""
     for name, value in stats.items():
@@ -346,46 +372,38 @@ class PPOTrainer:
         size = batch["input_ids"].shape[0]
         stats: dict[str, list[float]] = {}
         first_minibatch = None
-        for epoch in range(cfg.ppo_epochs):
-            order = torch.randperm(size, generator=self.generator).tolist()  # fresh each epoch (rule 12)
-            for start in range(0, size, cfg.minibatch_size):
-                index = order[start:start + cfg.minibatch_size]
-                ids, attention, mask = batch["input_ids"][index], batch["attention_mask"][index], batch["mask"][index]
-                logits = response_logits(self.policy, ids, attention, batch["ctx"], cfg.temperature).float()
-                logprobs = token_logprobs(logits, ids[:, batch["ctx"]:])
-                policy_loss, policy_stats = ppo_policy_loss(logprobs, batch["logprobs"][index],
-                                                            batch["advantages"][index], mask, cfg.clip_eps)
-                values = response_values(self.critic, ids, attention, batch["ctx"])
-                value_loss, value_stats = ppo_value_loss(values, batch["values"][index], batch["returns"][index],
-                                                         mask, cfg.value_clip_eps)
-                loss = policy_loss + cfg.vf_coef * value_loss
-                if self.ptx_examples:  # PPO-ptx: keep imitating the demonstrations a little
-                    ptx_loss = self._ptx_loss()
-                    loss = loss + cfg.ptx_coef * ptx_loss
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"PPO: the loss is {loss.item()} at iteration {self.iteration}; "
-                                             "training stopped (the last saved checkpoint is kept)")
-                self.policy_optimizer.zero_grad(set_to_none=True)
-                self.critic_optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip)
-                torch.nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.grad_clip)
-                self.policy_optimizer.step()
-                self.critic_optimizer.step()
-                step_stats = {"policy_loss": policy_loss.item(), "value_loss": value_loss.item(),
-                              **({"ptx_loss": ptx_loss.item()} if self.ptx_examples else {}),
-                              "entropy": entropy_from_logits(logits.detach(), mask).item(), **policy_stats,
-                              **value_stats}
-                if first_minibatch is None:  # before any step: ratio must be exactly 1 (PPO.md)
-                    first_minibatch = dict(policy_stats)
-                for name, value in step_stats.items():
-                    stats.setdefault(name, []).append(value)
+        for index in minibatch_indices(size, cfg.minibatch_size, cfg.ppo_epochs, self.generator):
+            ids, attention, mask, logits, logprobs = policy_minibatch(self.policy, batch, index, cfg.temperature)
+            policy_loss, policy_stats = ppo_policy_loss(logprobs, batch["logprobs"][index],
+                                                        batch["advantages"][index], mask, cfg.clip_eps)
+            values = response_values(self.critic, ids, attention, batch["ctx"])
+            value_loss, value_stats = ppo_value_loss(values, batch["values"][index], batch["returns"][index],
+                                                     mask, cfg.value_clip_eps)
+            loss = policy_loss + cfg.vf_coef * value_loss
+            if self.ptx_examples:  # PPO-ptx: keep imitating the demonstrations a little
+                ptx_loss = self._ptx_loss()
+                loss = loss + cfg.ptx_coef * ptx_loss
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"PPO: the loss is {loss.item()} at iteration {self.iteration}; "
+                                         "training stopped (the last saved checkpoint is kept)")
+            self.policy_optimizer.zero_grad(set_to_none=True)
+            self.critic_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.grad_clip)
+            self.policy_optimizer.step()
+            self.critic_optimizer.step()
+            step_stats = {"policy_loss": policy_loss.item(), "value_loss": value_loss.item(),
+                          **({"ptx_loss": ptx_loss.item()} if self.ptx_examples else {}),
+                          "entropy": entropy_from_logits(logits.detach(), mask).item(), **policy_stats,
+                          **value_stats}
+            if first_minibatch is None:  # before any step: ratio must be exactly 1 (PPO.md)
+                first_minibatch = dict(policy_stats)
+            for name, value in step_stats.items():
+                stats.setdefault(name, []).append(value)
         self.policy.eval()
         self.critic.eval()
-        means = {name: sum(values) / len(values) for name, values in stats.items()}
-        means["first_minibatch_approx_kl"] = first_minibatch["approx_kl"]
-        means["first_minibatch_clip_fraction"] = first_minibatch["clip_fraction"]
-        return means
+        return update_means(stats, first_minibatch)
 
     def train(self, callback: Callable[[pd.DataFrame], None] | None = None, progress: bool = True,
               out: str | Path | None = None) -> pd.DataFrame:

@@ -19,8 +19,8 @@ from rlhf_lab import world
 from rlhf_lab.config import for_scale
 from rlhf_lab.kl import kl_k1, kl_k3
 from rlhf_lab.masked import masked_mean
-from rlhf_lab.policy import generate, response_logits, response_logprobs, token_logprobs
-from rlhf_lab.ppo import entropy_from_logits, ppo_policy_loss
+from rlhf_lab.policy import generate, response_logprobs
+from rlhf_lab.ppo import entropy_from_logits, minibatch_indices, policy_minibatch, ppo_policy_loss, update_means
 
 
 def _check_groups(function_name: str, rewards: Tensor) -> None:
@@ -180,36 +180,28 @@ class GroupTrainer:
         size = batch["input_ids"].shape[0]
         stats: dict[str, list[float]] = {}
         first_minibatch = None
-        for epoch in range(cfg.epochs):
-            order = torch.randperm(size, generator=self.generator).tolist()  # fresh each epoch
-            for start in range(0, size, cfg.minibatch_size):
-                index = order[start:start + cfg.minibatch_size]
-                ids, attention, mask = batch["input_ids"][index], batch["attention_mask"][index], batch["mask"][index]
-                logits = response_logits(self.policy, ids, attention, batch["ctx"], cfg.temperature).float()
-                logprobs = token_logprobs(logits, ids[:, batch["ctx"]:])
-                policy_loss, policy_stats = ppo_policy_loss(logprobs, batch["logprobs"][index],
-                                                            batch["advantages"][index], mask, cfg.clip_eps)
-                # k3 of π against π_ref on the sampled tokens: >= 0, and its gradient pulls π back.
-                kl_loss = masked_mean(kl_k3(logprobs, batch["ref_logprobs"][index]), mask)
-                loss = policy_loss + cfg.beta * kl_loss if cfg.kl_placement == "loss" else policy_loss
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"{cfg.method.upper()}: the loss is {loss.item()} at iteration "
-                                             f"{len(self.history)}; training stopped")
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip)
-                self.optimizer.step()
-                step_stats = {"policy_loss": policy_loss.item(), "kl_loss": kl_loss.item(),
-                              "entropy": entropy_from_logits(logits.detach(), mask).item(), **policy_stats}
-                if first_minibatch is None:  # before any step: ratio must be exactly 1 (PPO.md)
-                    first_minibatch = dict(policy_stats)
-                for name, value in step_stats.items():
-                    stats.setdefault(name, []).append(value)
+        for index in minibatch_indices(size, cfg.minibatch_size, cfg.epochs, self.generator):
+            _, _, mask, logits, logprobs = policy_minibatch(self.policy, batch, index, cfg.temperature)
+            policy_loss, policy_stats = ppo_policy_loss(logprobs, batch["logprobs"][index],
+                                                        batch["advantages"][index], mask, cfg.clip_eps)
+            # k3 of π against π_ref on the sampled tokens: >= 0, and its gradient pulls π back.
+            kl_loss = masked_mean(kl_k3(logprobs, batch["ref_logprobs"][index]), mask)
+            loss = policy_loss + cfg.beta * kl_loss if cfg.kl_placement == "loss" else policy_loss
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{cfg.method.upper()}: the loss is {loss.item()} at iteration "
+                                         f"{len(self.history)}; training stopped")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            step_stats = {"policy_loss": policy_loss.item(), "kl_loss": kl_loss.item(),
+                          "entropy": entropy_from_logits(logits.detach(), mask).item(), **policy_stats}
+            if first_minibatch is None:  # before any step: ratio must be exactly 1 (PPO.md)
+                first_minibatch = dict(policy_stats)
+            for name, value in step_stats.items():
+                stats.setdefault(name, []).append(value)
         self.policy.eval()
-        means = {name: sum(values) / len(values) for name, values in stats.items()}
-        means["first_minibatch_approx_kl"] = first_minibatch["approx_kl"]
-        means["first_minibatch_clip_fraction"] = first_minibatch["clip_fraction"]
-        return means
+        return update_means(stats, first_minibatch)
 
     def train(self, callback: Callable[[pd.DataFrame], None] | None = None, progress: bool = True) -> pd.DataFrame:
         """The loop: rollout, group advantages, update. `callback(history)` after every iteration."""
