@@ -6,7 +6,6 @@ import warnings
 import pytest
 import torch
 
-from rlhf_lab import config
 from rlhf_lab.config import autocast, get_scale
 
 
