@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 
 VENV=.venv-colab
 COLAB_IPYWIDGETS=7.7.1
-TESTS=(tests/test_widgets.py tests/test_policy.py tests/test_tokenizer.py tests/test_colab.py)
+TESTS=(tests/test_labelling_widgets.py tests/test_policy.py tests/test_tokenizer.py tests/test_colab.py)
 NOTEBOOKS=(notebooks/03_preferences.ipynb notebooks/05_ppo.ipynb)
 
 # Fail loudly, before building anything, if a file this check is about is missing.

@@ -40,9 +40,9 @@ from transformers.utils import logging as transformers_logging
 from rlhf_lab import data, ppo, sft
 from rlhf_lab.config import autocast, find_checkpoint, get_scale, pick_device, seed_everything
 from rlhf_lab.evaluate import eval_config
-from rlhf_lab.pipeline import POLICY_PRESET
 from rlhf_lab.policy import generate, load_policy, new_policy
 from rlhf_lab.reward import RewardModel
+from rlhf_lab.stages import pipeline_config
 
 # How much work each measurement does: enough steps to average out the first, slower ones.
 FULL = dict(train_steps=30, train_rows=4096, generation_prompts=128, ppo_iterations=3)
@@ -65,7 +65,7 @@ def bench_training(scale: str, device: torch.device, steps: int, rows: int, quic
     # and the loop draws its batches at random anyway, so the sample has the same length mix.
     sample = [corpus[i] for i in torch.randperm(len(corpus), generator=torch.Generator().manual_seed(0))[:rows]]
     _, tokenizer = load_policy(find_checkpoint("sft"))
-    preset = POLICY_PRESET[scale]
+    preset = pipeline_config(scale).policy_preset
     model = new_policy(preset, tokenizer).to(device)
     overrides = dict(steps=steps, log_every=1, warmup_steps=1, mixed_precision=mixed_precision)
     if quick:

@@ -71,8 +71,10 @@ def weight_checksum(model: torch.nn.Module) -> float:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for rank{N}.json and the trained policy")
-    parser.add_argument("--policy", type=Path, default=None, help="starting policy and reference (default: the SFT checkpoint)")
-    parser.add_argument("--prefs", type=Path, default=None, help="preference file (default: data/world/preferences.jsonl)")
+    parser.add_argument("--policy", type=Path, default=None,
+                        help="starting policy and reference (default: the SFT checkpoint)")
+    parser.add_argument("--prefs", type=Path, default=None,
+                        help="preference file (default: data/world/preferences.jsonl)")
     parser.add_argument("--max-steps", type=int, default=200, help="optimizer steps")
     parser.add_argument("--max-pairs", type=int, default=0, help="use only the first N pairs (0: all)")
     parser.add_argument("--batch-size", type=int, default=8, help="pairs per process per step")

@@ -11,7 +11,8 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from rlhf_lab.config import for_scale
+from rlhf_lab.config import SAMPLING_TEMPERATURE, for_scale
+from rlhf_lab.evaluate import judge_answers
 from rlhf_lab.policy import generate
 
 
@@ -44,7 +45,7 @@ def best_of_n_select(scores: Tensor) -> Tensor:
 @dataclass
 class BestOfNConfig:
     n: int = 8  # candidates per prompt (the command's default; lesson 07 tries several)
-    temperature: float = 0.7  # the same sampling temperature as PPO: the same base distribution
+    temperature: float = SAMPLING_TEMPERATURE  # as PPO samples: the same base distribution
     max_new_tokens: int = 64
     missing_end_penalty: float = -1.0  # as in PPO: an answer cut off at the length limit scores lower
     seed: int = 1234
@@ -58,7 +59,8 @@ def best_of_n_config(scale: str | None = None, **overrides) -> BestOfNConfig:
 
 
 @torch.no_grad()
-def best_of_n_sample(policy, reward_model, tokenizer, questions: list[str], n: int, temperature: float = 0.7,
+def best_of_n_sample(policy, reward_model, tokenizer, questions: list[str], n: int,
+                     temperature: float = SAMPLING_TEMPERATURE,
                      max_new_tokens: int = 64, generator: torch.Generator | None = None,
                      missing_end_penalty: float = -1.0) -> pd.DataFrame:
     """Answer each question with the best of n sampled answers, by the reward model.
@@ -91,3 +93,28 @@ def best_of_n_sample(policy, reward_model, tokenizer, questions: list[str], n: i
                      "reward": float(raw_scores[i * n + best]), "choice": best, "candidates": candidates,
                      "candidate_scores": scores[i].tolist(), "candidate_finished": done})
     return pd.DataFrame(rows)
+
+
+def best_of_n_ladder(candidates: pd.DataFrame, ns: list[int],
+                     families: list[str] | None = None) -> dict[int, pd.DataFrame]:
+    """Best-of-n' answers for every n' in `ns` from one `best_of_n_sample` frame of n >= max(ns) candidates.
+
+    The first n' of n independent candidates are themselves n' independent candidates, so one
+    sampling pass gives the whole ladder. Returns a judged frame for each n': `evaluate.judge_answers`
+    columns plus `reward` (the penalised score the choice was made on) and `kl`, the analytic
+    bound log n' - (n' - 1)/n' (best-of-n has no per-answer KL estimate).
+    """
+    available = len(candidates["candidates"].iloc[0])
+    if max(ns) > available:
+        raise ValueError(f"best_of_n_ladder: n = {max(ns)} needs that many candidates, the frame has {available}")
+    judged = {}
+    for n in ns:
+        scores = torch.tensor([row[:n] for row in candidates["candidate_scores"]])
+        choice = best_of_n_select(scores).tolist()
+        answers = [row[c] for row, c in zip(candidates["candidates"], choice)]
+        finished = [row[c] for row, c in zip(candidates["candidate_finished"], choice)]
+        frame = judge_answers(list(candidates["prompt"]), answers, finished, families)
+        frame["reward"] = [row[c] for row, c in zip(candidates["candidate_scores"], choice)]
+        frame["kl"] = best_of_n_kl(n)
+        judged[n] = frame
+    return judged

@@ -1,9 +1,9 @@
 """Opening the lessons on Google Colab: the badge, the install cell, and where runs are kept.
 
-The repository's public address lives here and nowhere else. `python -m rlhf_lab colab` writes
-the "Open in Colab" badge and the Colab install cell into every lesson (and the badges into the
-README) from it, and tests/test_colab.py fails if a notebook disagrees -- so after a move, change
-`REPOSITORY` and run that command.
+The repository's public address lives here and nowhere else. `python -m rlhf_lab.maintain colab`
+writes the "Open in Colab" badge and the Colab install cell into every lesson (and the badges into
+the README) from it, and tests/test_colab.py fails if a notebook disagrees -- so after a move,
+change `REPOSITORY` and run that command.
 
 The install cell is a no-op outside Colab. On Colab it clones the course and installs it with
 `--no-deps`: Colab already has torch, transformers, ipywidgets, pandas, matplotlib, safetensors
@@ -15,7 +15,6 @@ transformers and ipywidgets to the versions already there, so pip refuses rather
 
 from __future__ import annotations
 
-import json
 import os
 from importlib import metadata
 from pathlib import Path
@@ -52,11 +51,14 @@ def install_cell(notebook: str | Path) -> str:
         "import sys",
         "",
         "if \"google.colab\" in sys.modules:",
-        "    import os, subprocess",
+        "    import os",
+        "    import subprocess",
         "",
         f"    if not os.path.isdir(\"{CLONE_DIR}\"):",
-        f"        subprocess.run([\"git\", \"clone\", \"--depth\", \"1\", \"{repository_url()}\", \"{CLONE_DIR}\"], check=True)",
-        f"    subprocess.run([sys.executable, \"-m\", \"pip\", \"install\", \"-q\", \"--no-deps\", \"-e\", \"{CLONE_DIR}\"], check=True)",
+        f"        subprocess.run([\"git\", \"clone\", \"--depth\", \"1\", \"{repository_url()}\", "
+        f"\"{CLONE_DIR}\"], check=True)",
+        f"    subprocess.run([sys.executable, \"-m\", \"pip\", \"install\", \"-q\", \"--no-deps\", \"-e\", "
+        f"\"{CLONE_DIR}\"], check=True)",
         f"    sys.path.insert(0, \"{CLONE_DIR}\")  # an editable install is seen by new kernels only",
         "    from rlhf_lab import colab",
         "",
@@ -116,64 +118,3 @@ def keep_runs_on_drive(mount=None) -> Path:
     os.environ["RLHF_LAB_ARTIFACTS"] = str(kept)
     print(f"Runs are saved to {kept} on your Google Drive, so the next lesson (or a new runtime) finds them.")
     return kept
-
-
-# =====================================================================================
-# Writing the badge and the install cell into the notebooks and the README.
-# =====================================================================================
-
-BADGE_MARK = "Open In Colab"
-INSTALL_MARK = "# On Colab only"
-
-
-def _cell(cell_type: str, source: str, cell_id: str) -> dict:
-    cell = {"cell_type": cell_type, "id": cell_id, "metadata": {}, "source": source.splitlines(keepends=True)}
-    if cell_type == "code":
-        cell.update(execution_count=None, outputs=[])
-    return cell
-
-
-def colab_cells(notebook: str | Path) -> list[dict]:
-    """The two cells every lesson starts with: the badge, then the install cell."""
-    return [_cell("markdown", badge_markdown(notebook), "colab-badge"),
-            _cell("code", install_cell(notebook), "colab-install")]
-
-
-def write_notebook_cells(path: Path) -> bool:
-    """Make `path` start with the current badge and install cell; True if the file changed."""
-    text = path.read_text(encoding="utf-8")
-    notebook = json.loads(text)
-    cells = notebook["cells"]
-    while cells and (BADGE_MARK in "".join(cells[0]["source"]) and cells[0]["cell_type"] == "markdown"
-                     or "".join(cells[0]["source"]).startswith(INSTALL_MARK)):
-        cells.pop(0)  # the previous badge / install cell
-    notebook["cells"] = colab_cells(path) + cells
-    new_text = json.dumps(notebook, indent=1, ensure_ascii=False) + "\n"
-    if new_text != text:
-        path.write_text(new_text, encoding="utf-8")
-        return True
-    return False
-
-
-README_START, README_END = "<!-- colab-badges -->", "<!-- /colab-badges -->"
-
-
-def readme_badges(notebooks: list[Path]) -> str:
-    """The README's table of lessons with a badge each, between its two markers."""
-    rows = ["| lesson | open |", "|---|---|"]
-    for path in notebooks:
-        rows.append(f"| [`{path.name}`](notebooks/{path.name}) | {badge_markdown(path)} |")
-    return "\n".join([README_START, *rows, README_END])
-
-
-def write_readme_badges(readme: Path, notebooks: list[Path]) -> bool:
-    text = readme.read_text(encoding="utf-8")
-    if README_START not in text or README_END not in text:
-        raise ValueError(f"{readme}: no {README_START} ... {README_END} markers to put the Colab badges between")
-    before, rest = text.split(README_START, 1)
-    _, after = rest.split(README_END, 1)
-    new_text = before + readme_badges(notebooks) + after
-    if new_text != text:
-        readme.write_text(new_text, encoding="utf-8")
-        return True
-    return False

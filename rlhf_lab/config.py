@@ -16,15 +16,23 @@ import random
 from dataclasses import fields, replace
 from pathlib import Path
 
-import torch
+# torch is imported inside the functions that need it, so that `python -m rlhf_lab --help`
+# answers at once instead of after loading torch.
 
 SCALES = ("ci", "laptop", "gpu")
 REPO_DIR = Path(__file__).resolve().parent.parent
+# The temperature every policy samples at, and every log-prob is recomputed at (rule 2 of
+# docs/implementation_rules.md). 0.7 is the classic choice for RLHF with PPO.
+SAMPLING_TEMPERATURE = 0.7
 
 
 def get_scale(name: str | None = None) -> str:
     """The scale to run at: `name`, else $RLHF_LAB_SCALE, else gpu on CUDA and laptop otherwise."""
-    name = name or os.environ.get("RLHF_LAB_SCALE") or ("gpu" if torch.cuda.is_available() else "laptop")
+    if not name and not os.environ.get("RLHF_LAB_SCALE"):
+        import torch
+
+        name = "gpu" if torch.cuda.is_available() else "laptop"
+    name = name or os.environ["RLHF_LAB_SCALE"]
     if name not in SCALES:
         raise ValueError(f"unknown scale {name!r}; valid scales: {', '.join(SCALES)}")
     return name
@@ -40,8 +48,10 @@ def for_scale(config_class, presets: dict[str, dict], scale: str | None = None, 
     return replace(config_class(**presets.get(scale, {})), **overrides)
 
 
-def pick_device(override: str | None = None) -> torch.device:
-    """cuda, then mps, then cpu -- or $RLHF_LAB_DEVICE / `override`."""
+def pick_device(override: str | None = None):
+    """cuda, then mps, then cpu -- or $RLHF_LAB_DEVICE / `override` (a `torch.device`)."""
+    import torch
+
     name = override or os.environ.get("RLHF_LAB_DEVICE")
     if name:
         return torch.device(name)
@@ -52,7 +62,7 @@ def pick_device(override: str | None = None) -> torch.device:
     return torch.device("cpu")
 
 
-def autocast(device: torch.device, enabled: bool = True):
+def autocast(device, enabled: bool = True):
     """bf16 mixed precision on a CUDA GPU that has it natively; full precision everywhere else.
 
     Inside, matrix products run in bfloat16 on the tensor cores while the weights, the optimizer
@@ -60,6 +70,8 @@ def autocast(device: torch.device, enabled: bool = True):
     float32's exponent range, so no loss scaling is needed. GPUs before Ampere (a Colab T4) have no
     native bfloat16, and a CPU gains nothing from it: both stay in float32.
     """
+    import torch
+
     device = torch.device(device)
     if enabled and device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8:
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -68,6 +80,8 @@ def autocast(device: torch.device, enabled: bool = True):
 
 def seed_everything(seed: int) -> None:
     """Seed Python and torch so that CPU runs repeat exactly."""
+    import torch
+
     random.seed(seed)
     torch.manual_seed(seed)
 

@@ -118,11 +118,18 @@ def load_dialogues(path: Path | str) -> list[dict]:
 
 
 def load_prompts(path: Path | str | None = None) -> list[dict]:
-    rows = read_jsonl(path or world_file("eval_prompts"), PROMPT_FIELDS)
+    """Prompt/family rows (default: the held-out evaluation prompts), checked like `load_dialogues`."""
+    path = path or world_file("eval_prompts")
+    rows = read_jsonl(path, PROMPT_FIELDS)
     for number, row in enumerate(rows, 1):
         if row["family"] not in world.FAMILIES:
             raise ValueError(f"{path}, row {number}, field 'family': unknown family {row['family']!r}")
     return rows
+
+
+def training_prompts() -> list[str]:
+    """The prompts preference labelling and RL train on (data/world/prompts.jsonl), as texts."""
+    return [row["prompt"] for row in load_prompts(world_file("prompts"))]
 
 
 def vocabulary() -> list[str]:
@@ -131,7 +138,7 @@ def vocabulary() -> list[str]:
     texts = []
     for family, tid, _ in world.TEMPLATES:
         for _ in range(60):
-            prompt = world.make_prompt(family, tid, world._slot_values(family, tid, rng))
+            prompt = world.make_prompt(family, tid, world.slot_values(family, tid, rng))
             texts.append(prompt.text)
             texts.extend(world.respond(prompt, style, rng, flattery=True) for style in world.STYLES)
     for table in (world.CAPITALS, world.ANIMAL_SOUNDS, world.THING_COLOURS):

@@ -6,7 +6,6 @@ Bradley-Terry loss gives a plain classification loss on preference pairs (Rafail
 """
 
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -18,12 +17,13 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from rlhf_lab.config import artifacts_dir, data_dir, find_checkpoint, for_scale
-from rlhf_lab.masked import check_same_shape, weighted_mean
+from rlhf_lab.checks import check_finite
+from rlhf_lab.config import SAMPLING_TEMPERATURE, artifacts_dir, data_dir, find_checkpoint, for_scale
+from rlhf_lab.evaluate import EvalConfig, frontier_point, measure_policy
+from rlhf_lab.masked import check_same_shape, masked_sum, weighted_mean
 from rlhf_lab.policy import encode_prompts, response_logprobs
 from rlhf_lab.preferences import PreferenceStore
-from rlhf_lab.reward import RewardConfig, item_batches, pairs_from_records, split_by_prompt
-from rlhf_lab.sweep import frontier_point, measure_policy
+from rlhf_lab.reward import item_batches, pairs_from_records, split_by_prompt
 from rlhf_lab.tokenizer import END
 
 
@@ -33,8 +33,7 @@ def sequence_logprob(token_logprobs: Tensor, mask: Tensor) -> Tensor:
     `token_logprobs` and `mask` are (B, T) over response tokens; the result is (B,).
     Prompt tokens and pads must be 0 in the mask: DPO scores only the response.
     """
-    check_same_shape("sequence_logprob", token_logprobs=token_logprobs, mask=mask)
-    return torch.where(mask.bool(), token_logprobs, 0.0).sum(dim=-1)
+    return masked_sum(token_logprobs, mask, dim=-1)
 
 
 def dpo_loss(
@@ -90,9 +89,10 @@ class DPOConfig:
     heldout_pairs: int = 512  # at most this many held-out pairs per check (enough for a ±2% accuracy)
     eval_every: int = 50  # steps between held-out accuracy and sampled KL / true score
     eval_prompts: int = 64  # training prompts sampled for the KL / true-score check
-    temperature: float = 0.7  # the *evaluation* samples only; DPO's own log-probs use T = 1
+    temperature: float = SAMPLING_TEMPERATURE  # the *evaluation* samples only; DPO's own log-probs use T = 1
     max_new_tokens: int = 64
     max_steps: int = 0  # stop early after this many steps (0: all epochs)
+    learner_weight: float = 2.0  # a learner's own label counts twice, as in the reward model's loss
     seed: int = 0
 
 
@@ -129,7 +129,7 @@ def reward_model_preferences(reward_dir: str | Path | None = None) -> Path:
     return data_dir() / "world" / "preferences.jsonl"
 
 
-def preference_pairs(path: str | Path) -> list[dict]:
+def preference_pairs(path: str | Path, learner_weight: float = 2.0) -> list[dict]:
     """Every usable pair of a preference file: the same pairs the reward model trains on.
 
     Ties and identical answers are dropped; the learner's own labels are kept (with their
@@ -139,7 +139,7 @@ def preference_pairs(path: str | Path) -> list[dict]:
     if not len(store):
         raise ValueError(f"{path}: no preference records; make some with "
                          "python -m rlhf_lab label --simulate 6000 --policy DIR --out FILE")
-    return pairs_from_records(store.records, RewardConfig().learner_weight)
+    return pairs_from_records(store.records, learner_weight)
 
 
 def encode_responses(tokenizer, prompts: list[str], answers: list[str], device) -> tuple[Tensor, Tensor, int, Tensor]:
@@ -191,6 +191,40 @@ def heldout_preference_stats(policy, reference, tokenizer, pairs: list[dict], be
     return {"heldout_loss": sum(losses) / len(pairs), "heldout_accuracy": sum(correct) / len(pairs)}
 
 
+def _measure(policy, reference, tokenizer, heldout_pairs: list[dict], eval_questions: list[str],
+             cfg: DPOConfig) -> dict[str, float]:
+    """Held-out loss and accuracy of the implicit reward, and -- from answers sampled on
+    `eval_questions` -- the simulated human's score and the KL to the reference (the frontier)."""
+    stats = heldout_preference_stats(policy, reference, tokenizer, heldout_pairs[: cfg.heldout_pairs], cfg.beta)
+    sampling = EvalConfig(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
+    point = frontier_point(measure_policy(policy, tokenizer, eval_questions, sampling, reference=reference))
+    return {**stats, **{name: point[name] for name in ("true_score", "kl", "kl_k3", "words")}}
+
+
+def _dpo_step(policy, optimizer, batch: list[dict], reference_logps: tuple[Tensor, Tensor], tokenizer,
+              cfg: DPOConfig, step: int) -> dict[str, float]:
+    """One gradient step of the DPO loss on a batch of pairs; returns what the history logs."""
+    policy.train()
+    policy_chosen_logps, policy_rejected_logps = pair_logprobs(policy, tokenizer, batch)
+    weights = torch.tensor([p.get("weight", 1.0) for p in batch], device=policy_chosen_logps.device)
+    loss, chosen_rewards, rejected_rewards = dpo_loss(policy_chosen_logps, policy_rejected_logps, *reference_logps,
+                                                      cfg.beta, weights)
+    check_finite(f"DPO, step {step}", {"the policy's chosen log-probs": policy_chosen_logps,
+                                       "the policy's rejected log-probs": policy_rejected_logps,
+                                       "the reference's chosen log-probs": reference_logps[0],
+                                       "the reference's rejected log-probs": reference_logps[1], "the loss": loss},
+                 f"lower the lr, {cfg.lr}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
+    optimizer.step()
+    policy.eval()
+    return {"pairs": len(batch), "loss": loss.item(), "chosen_reward": chosen_rewards.mean().item(),
+            "rejected_reward": rejected_rewards.mean().item(),
+            "reward_margin": (chosen_rewards - rejected_rewards).mean().item(),
+            "reward_accuracy": (chosen_rewards > rejected_rewards).float().mean().item(), "grad_norm": grad_norm.item()}
+
+
 def train_dpo(policy, reference, tokenizer, pairs: list[dict], cfg: DPOConfig, progress: bool = True,
               callback: Callable[[pd.DataFrame], None] | None = None,
               eval_questions: list[str] | None = None) -> pd.DataFrame:
@@ -204,59 +238,29 @@ def train_dpo(policy, reference, tokenizer, pairs: list[dict], cfg: DPOConfig, p
     """
     if not pairs:
         raise ValueError("train_dpo: no preference pairs to train on")
-    # Frozen reference (PPO.md rule 4): π_ref is the SFT policy and must not move.
-    reference = reference.eval().requires_grad_(False)
+    reference = reference.eval().requires_grad_(False)  # π_ref is the SFT policy and must not move (rule 4)
     train_pairs, heldout_pairs = split_by_prompt(pairs, cfg.heldout_fraction, cfg.seed)
     eval_questions = eval_questions or list(dict.fromkeys(p["prompt"] for p in train_pairs))[: cfg.eval_prompts]
     generator = torch.Generator().manual_seed(cfg.seed)
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
     batches = [batch for _ in range(cfg.epochs) for batch in item_batches(train_pairs, cfg.items_per_batch, generator)]
-    if cfg.max_steps:
-        batches = batches[: cfg.max_steps]
-
-    def evaluate(row: dict) -> None:
-        checked_pairs = heldout_pairs[: cfg.heldout_pairs]
-        row.update(heldout_preference_stats(policy, reference, tokenizer, checked_pairs, cfg.beta))
-        frame = measure_policy(policy, reference, tokenizer, eval_questions, temperature=cfg.temperature,
-                               max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
-        point = frontier_point(frame)
-        row.update(true_score=point["true_score"], kl=point["kl"], kl_k3=point["kl_k3"], words=point["words"])
-
-    history: list[dict] = []
-    started = time.perf_counter()
+    batches = batches[: cfg.max_steps] if cfg.max_steps else batches
     # π_ref never changes, so its log-probs of every batch are computed once, up front (TRL's
     # `precompute_ref_log_probs`), with the very same batches, so that at step 0 π and π_ref
     # give bit-identical numbers. Each step then runs only the policy.
     with torch.no_grad():
         reference_logps = [pair_logprobs(reference, tokenizer, batch) for batch in batches]
+    history: list[dict] = []
+    started = time.perf_counter()
     bar = tqdm(enumerate(batches), total=len(batches), desc=f"DPO (β={cfg.beta})", disable=not progress)
     for step, batch in bar:
-        policy.train()
-        policy_chosen_logps, policy_rejected_logps = pair_logprobs(policy, tokenizer, batch)
-        ref_chosen_logps, ref_rejected_logps = reference_logps[step]
-        weights = torch.tensor([p.get("weight", 1.0) for p in batch], device=policy_chosen_logps.device)
-        loss, chosen_rewards, rejected_rewards = dpo_loss(policy_chosen_logps, policy_rejected_logps,
-                                                          ref_chosen_logps, ref_rejected_logps, cfg.beta, weights)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"DPO: the loss is {loss.item()} at step {step}; training stopped "
-                                     f"(lower the lr, {cfg.lr})")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
-        optimizer.step()
-        policy.eval()
-        row = {"step": step, "pairs": len(batch), "loss": loss.item(),
-               "chosen_reward": chosen_rewards.mean().item(), "rejected_reward": rejected_rewards.mean().item(),
-               "reward_margin": (chosen_rewards - rejected_rewards).mean().item(),
-               "reward_accuracy": (chosen_rewards > rejected_rewards).float().mean().item(),
-               "grad_norm": grad_norm.item(), "seconds": time.perf_counter() - started}
+        row = {"step": step, **_dpo_step(policy, optimizer, batch, reference_logps[step], tokenizer, cfg, step),
+               "seconds": time.perf_counter() - started}
         if step % cfg.eval_every == 0 or step == len(batches) - 1:
-            evaluate(row)
+            row.update(_measure(policy, reference, tokenizer, heldout_pairs, eval_questions, cfg))
             bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['heldout_accuracy']:.2f}",
                             true=f"{row['true_score']:.2f}", kl=f"{row['kl']:.2f}")
-        for name, value in row.items():  # stop at the first NaN, naming it
-            if isinstance(value, float) and not math.isfinite(value):
-                raise FloatingPointError(f"DPO: statistic {name!r} is {value} at step {step}; training stopped")
+        check_finite(f"DPO, step {step}", row)
         history.append(row)
         if callback is not None:
             callback(pd.DataFrame(history))

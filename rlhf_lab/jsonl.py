@@ -148,20 +148,6 @@ def read_jsonl(path: str | os.PathLike, fields: Schema | None = None, optional: 
     return list(iter_jsonl(path, fields, optional))
 
 
-def read_jsonl_lenient(
-    path: str | os.PathLike, fields: Schema | None = None, optional: Schema | None = None
-) -> tuple[list[dict], list[DataFormatError]]:
-    """The valid records and one DataFormatError per bad line, instead of stopping at the first.
-
-    For files people append to by hand (a learner's preference labels): one bad line must not
-    cost the others. The caller decides whether to warn about `errors` or to raise.
-    """
-    records, errors = [], []
-    for parsed in _parse_file(_existing_file(path), fields, optional):
-        (errors if isinstance(parsed, DataFormatError) else records).append(parsed)
-    return records, errors
-
-
 def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> None:
     """Write one JSON object per line, atomically, creating parent folders as needed.
 

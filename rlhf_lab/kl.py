@@ -2,13 +2,13 @@
 
 RLHF keeps the policy π close to the frozen reference π_ref (the SFT model) by paying a price for
 KL(π ‖ π_ref). We only see sampled tokens y ~ π, so the KL is estimated from the log-probs of those
-tokens. With the ratio r = π_ref(y) / π(y), Schulman's three estimators are (per token):
+tokens. With the ratio r = π_ref(y) / π(y), we use two of Schulman's estimators (per token):
 
     k1 = -log r                 unbiased, but a single sample can be negative
-    k2 = ½ (log r)^2            always >= 0, low variance, but biased
     k3 = (r - 1) - log r        unbiased and always >= 0
 
-("Approximating KL Divergence", J. Schulman, 2020.)
+(His note, "Approximating KL Divergence", 2020, also has k2 = ½ (log r)^2: never negative and
+low-variance, but biased. Rule 14 of docs/implementation_rules.md.)
 """
 
 import torch
@@ -21,13 +21,6 @@ def kl_k1(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
     """k1 = -log r = log π(y) - log π_ref(y), per token."""
     check_same_shape("kl_k1", logprobs=logprobs, ref_logprobs=ref_logprobs)
     return logprobs - ref_logprobs
-
-
-def kl_k2(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
-    """k2 = ½ (log r)^2 with log r = log π_ref(y) - log π(y), per token."""
-    check_same_shape("kl_k2", logprobs=logprobs, ref_logprobs=ref_logprobs)
-    log_ratio = ref_logprobs - logprobs
-    return 0.5 * log_ratio**2
 
 
 def kl_k3(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:

@@ -3,8 +3,9 @@
 InstructGPT showed its labellers K answers of the current model to one prompt and had them rank
 all K; a ranking gives C(K, 2) comparisons for the effort of one. We do the same: sample K
 answers per prompt from the SFT policy (on-policy: the reward model must judge the kind of text
-PPO will produce), then label every pair -- by the learner in the widgets, or by the simulated
-annotator (Bradley-Terry on the simulated human's score, with noise and the length/flattery bias).
+PPO will produce), then label every pair -- by the learner in the widgets (`labelling_widgets`),
+or by the simulated labeller (`judge.SimulatedLabeller`: Bradley-Terry on the simulated human's
+score, with noise and the length/flattery bias).
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ from itertools import combinations
 
 import torch
 
-from rlhf_lab import world
+from rlhf_lab.judge import DEFAULT_LABELLER, SimulatedLabeller
 from rlhf_lab.policy import generate
 from rlhf_lab.preferences import PreferenceRecord
 
-SIMULATED_ANNOTATOR = "simulated-human"
+SIMULATED_ANNOTATOR = "simulated-human"  # the `annotator` name in the records it labels
 # Candidates are sampled at temperature 1: more varied answers make more informative comparisons
 # (at 0.7 many of the K answers are near-copies and the labels are mostly coin flips).
 CANDIDATE_TEMPERATURE = 1.0
@@ -44,14 +45,14 @@ def distinct_pairs(answers: list[str]) -> list[tuple[str, str]]:
     return list(combinations(unique, 2))
 
 
-def simulate_labels(candidates: list[tuple[str, list[str]]], annotator: world.Annotator = world.DEFAULT_ANNOTATOR,
+def simulate_labels(candidates: list[tuple[str, list[str]]], labeller: SimulatedLabeller = DEFAULT_LABELLER,
                     seed: int = 0, limit: int | None = None) -> list[PreferenceRecord]:
     """Label every distinct pair of each prompt's candidates with one noisy Bradley-Terry draw."""
     rng = random.Random(seed)
     records = []
     for prompt, answers in candidates:
         for answer_a, answer_b in distinct_pairs(answers):
-            a_wins = annotator.label(prompt, answer_a, answer_b, rng)
+            a_wins = labeller.label(prompt, answer_a, answer_b, rng)
             chosen, rejected = (answer_a, answer_b) if a_wins else (answer_b, answer_a)
             records.append(PreferenceRecord(prompt=prompt, chosen=chosen, rejected=rejected, source="simulated",
                                             annotator=SIMULATED_ANNOTATOR))
@@ -60,6 +61,6 @@ def simulate_labels(candidates: list[tuple[str, list[str]]], annotator: world.An
     return records
 
 
-def label_probabilities(pairs: list[dict], annotator: world.Annotator = world.DEFAULT_ANNOTATOR) -> list[float]:
-    """The annotator's exact P(chosen preferred) for each recorded pair (what the noise ceiling needs)."""
-    return [annotator.probability(p["prompt"], p["chosen"], p["rejected"]) for p in pairs]
+def label_probabilities(pairs: list[dict], labeller: SimulatedLabeller = DEFAULT_LABELLER) -> list[float]:
+    """The labeller's exact P(chosen preferred) for each recorded pair (what the noise ceiling needs)."""
+    return [labeller.probability(p["prompt"], p["chosen"], p["rejected"]) for p in pairs]

@@ -31,6 +31,16 @@ def check_same_shape(function_name: str, **tensors: Tensor) -> None:
             )
 
 
+def masked_sum(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
+    """Sum of `x` over real tokens: sum_t m_t x_t. Pad slots (mask 0) are never read.
+
+    With `dim=1` it gives one sum per row: e.g. a response's log-prob, log π(y) = sum_t log π(y_t),
+    or its summed KL.
+    """
+    check_same_shape("masked_sum", x=x, mask=mask)
+    return torch.where(mask.bool(), x, 0.0).sum(dim=dim)
+
+
 def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
     """Mean of `x` over real tokens: sum_t m_t x_t / sum_t m_t.
 
@@ -38,9 +48,8 @@ def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
     gives one mean per row. Pad slots (mask 0) are never read.
     """
     check_same_shape("masked_mean", x=x, mask=mask)
-    real = mask.bool()
-    real_sum = torch.where(real, x, 0.0).sum(dim=dim)
-    real_count = real.sum(dim=dim)
+    real_sum = masked_sum(x, mask, dim)
+    real_count = mask.bool().sum(dim=dim)
     # A mean over no tokens is undefined; silently returning NaN (or 0) would hide the bug
     # that produced an empty row.
     if (real_count == 0).any():
@@ -52,8 +61,8 @@ def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
 def weighted_mean(x: Tensor, weights: Tensor | None, function_name: str = "weighted_mean") -> Tensor:
     """Mean of per-pair losses, each counting w_i times: sum_i w_i x_i / sum_i w_i.
 
-    `weights=None` is the plain mean (and `masked_mean` is the case of 0/1 weights). Used to let a learner's own preference labels count more
-    than simulated ones, in the reward model's and in DPO's loss alike.
+    `weights=None` is the plain mean (and `masked_mean` is the case of 0/1 weights). Used to let a
+    learner's own preference labels count more than simulated ones, in the reward model's and in DPO's loss alike.
     """
     if weights is None:
         return x.mean()
@@ -84,16 +93,13 @@ def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
     return variance
 
 
-def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True) -> Tensor:
+def masked_whiten(x: Tensor, mask: Tensor) -> Tensor:
     """Whiten `x` over real tokens: (x - mean) / sqrt(var + 1e-8), pads set to 0.
 
     The mean and (unbiased) variance come from real tokens only, so after whitening the real
-    tokens have mean 0 and standard deviation 1. With `shift_mean=False` the mean is added back
-    (only the scale changes), which keeps the sign of e.g. an all-positive reward.
+    tokens have mean 0 and standard deviation 1.
     """
     mean = masked_mean(x, mask)
     variance = masked_var(x, mask)
     whitened = (x - mean) * torch.rsqrt(variance + 1e-8)
-    if not shift_mean:
-        whitened = whitened + mean
     return torch.where(mask.bool(), whitened, 0.0)

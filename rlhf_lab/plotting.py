@@ -76,7 +76,8 @@ def ppo_curves(history: pd.DataFrame, path: str | Path | None = None, axes=None)
     for ax, column, colour, title in ((axes[0], "reward", "tab:blue", "reward model score (the proxy)"),
                                       (axes[1], "true_score", "tab:green", "simulated human's score (true)")):
         ax.plot(x, history[column], color=colour, alpha=0.35)
-        ax.plot(x, history[column].rolling(window, min_periods=1).mean(), color=colour, label=f"moving average ({window})")
+        ax.plot(x, history[column].rolling(window, min_periods=1).mean(), color=colour,
+                label=f"moving average ({window})")
         ax.set(title=title, xlabel="iteration")
         ax.legend(loc="lower right")
     axes[2].plot(x, history["kl"], color="tab:red", label="KL (k1, summed per answer)")

@@ -2,7 +2,7 @@
 
 The policy is the GPT-2 architecture from `transformers`, trained from scratch at toy sizes. This
 module holds the few functions every later lesson relies on, each written so that the classic
-RLHF bugs cannot happen (see PPO.md):
+RLHF bugs cannot happen (the rules of docs/implementation_rules.md):
 
 - `forward` always passes position ids computed from the attention mask (rule 3: padding);
 - `generate` is a short sampling loop: left-padded prompts, plain temperature sampling (rule 2),
@@ -13,6 +13,7 @@ RLHF bugs cannot happen (see PPO.md):
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 from dataclasses import dataclass
@@ -28,11 +29,13 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from transformers.utils import logging as hf_logging
 
+from rlhf_lab.config import SAMPLING_TEMPERATURE
 from rlhf_lab.tokenizer import END, format_prompt, save_tokenizer
 
 # GPT2Config keyword arguments per size. "nano" trains in seconds on a laptop CPU; "small" is for a
-# GPU. Dropout is off everywhere (PPO.md rule 4): with dropout, the log-probs recomputed during the
+# GPU. Dropout is off everywhere (rule 4): with dropout, the log-probs recomputed during the
 # PPO update would differ from those at rollout time even before any update (ratio != 1), and
 # the KL to the reference would be noisy.
 _NO_DROPOUT = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
@@ -90,10 +93,24 @@ def load_policy(
             "`python -m rlhf_lab pretrain --out DIR` or `python -m rlhf_lab sft --policy BASE --out DIR`, "
             "or use the shipped data/checkpoints/base and data/checkpoints/sft"
         )
-    # use_safetensors=True: never fall back to unpickling a .bin file.
-    model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    with quiet_loading():
+        # use_safetensors=True: never fall back to unpickling a .bin file.
+        model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True)
+        tokenizer = AutoTokenizer.from_pretrained(path)
     return model.to(device).eval(), tokenizer
+
+
+@contextlib.contextmanager
+def quiet_loading():
+    """Without transformers' "Loading weights" progress bar: our checkpoints load in milliseconds,
+    and a bar per load would bury the progress that matters (and every error message) in noise."""
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -190,7 +207,7 @@ def _sample_next_token(
 ) -> torch.Tensor:
     """One token per row from `softmax(logits / temperature)`; `temperature == 0` is greedy.
 
-    Plain temperature sampling: no top-k, no top-p, no minimum length (PPO.md rule 2). Those
+    Plain temperature sampling: no top-k, no top-p, no minimum length (rule 2). Those
     change the distribution we sample from without changing the log-probs we compute later, so
     the KL estimate to the reference can even go negative.
     """
@@ -264,12 +281,22 @@ def _response_mask(response_ids: torch.Tensor, end_id: int) -> torch.Tensor:
     return (ends_before == 0).float()
 
 
+def _join_chunks(prompt_chunks: list, response_chunks: list, pad_id: int):
+    """One batch from chunks of different widths: prompts padded on the left, responses on the right."""
+    prompt_width = max(ids.shape[1] for ids, _ in prompt_chunks)
+    response_width = max(ids.shape[1] for ids in response_chunks)
+    prompt_ids = torch.cat([F.pad(ids, (prompt_width - ids.shape[1], 0), value=pad_id) for ids, _ in prompt_chunks])
+    prompt_mask = torch.cat([F.pad(mask, (prompt_width - mask.shape[1], 0), value=0) for _, mask in prompt_chunks])
+    response_ids = torch.cat([F.pad(ids, (0, response_width - ids.shape[1]), value=pad_id) for ids in response_chunks])
+    return prompt_ids, prompt_mask, response_ids
+
+
 def generate(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     questions: list[str],
     max_new_tokens: int = 48,
-    temperature: float = 0.7,
+    temperature: float = SAMPLING_TEMPERATURE,
     generator: torch.Generator | None = None,
     batch_size: int = 256,
 ) -> Rollout:
@@ -290,7 +317,7 @@ def generate(
     end_id = tokenizer.convert_tokens_to_ids(END)
     pad_id = tokenizer.pad_token_id
     if pad_id is None or pad_id == end_id:
-        raise ValueError("the tokenizer needs a pad token that is not the end token (PPO.md rule 3)")
+        raise ValueError("the tokenizer needs a pad token that is not the end token (rule 3)")
     device = _model_device(model)
     model.eval()
 
@@ -310,18 +337,7 @@ def generate(
         response_chunks.append(response_ids)
         finished_chunks.append(finished)
 
-    # Chunks differ in width: prompts are padded on the left, responses on the right.
-    prompt_width = max(ids.shape[1] for ids, _ in prompt_chunks)
-    response_width = max(ids.shape[1] for ids in response_chunks)
-    prompt_ids = torch.cat(
-        [F.pad(ids, (prompt_width - ids.shape[1], 0), value=pad_id) for ids, _ in prompt_chunks]
-    )
-    prompt_mask = torch.cat(
-        [F.pad(mask, (prompt_width - mask.shape[1], 0), value=0) for _, mask in prompt_chunks]
-    )
-    response_ids = torch.cat(
-        [F.pad(ids, (0, response_width - ids.shape[1]), value=pad_id) for ids in response_chunks]
-    )
+    prompt_ids, prompt_mask, response_ids = _join_chunks(prompt_chunks, response_chunks, pad_id)
     response_mask = _response_mask(response_ids, end_id)
     # skip_special_tokens drops the end token and the pads.
     texts = tokenizer.batch_decode(response_ids.tolist(), skip_special_tokens=True)
@@ -336,36 +352,26 @@ def generate(
     )
 
 
-def response_logits(
-    model: PreTrainedModel,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    context_length: int,
-    temperature: float = 1.0,
-) -> torch.Tensor:
+def response_logits(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    context_length: int, temperature: float = 1.0) -> torch.Tensor:
     """Logits `(B, T, V)` that predict the response tokens `input_ids[:, context_length:]`.
 
     Why `[ctx - 1 : -1]`: the logits at position t are the model's prediction for token t + 1.
     So response token ctx is predicted at position ctx - 1, and the last position (which
-    predicts a token after the sequence) is dropped (PPO.md rule 1). Divided by the sampling
+    predicts a token after the sequence) is dropped (rule 1). Divided by the sampling
     temperature, so these are the logits of the distribution the tokens were sampled from.
     """
     logits = forward(model, input_ids, attention_mask)
     return logits[:, context_length - 1 : -1, :] / temperature
 
 
-def response_logprobs(
-    model: PreTrainedModel,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    context_length: int,
-    temperature: float = 1.0,
-) -> torch.Tensor:
+def response_logprobs(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      context_length: int, temperature: float = 1.0) -> torch.Tensor:
     """Log-prob `(B, T)` of each response token under the policy at `temperature`:
 
         logp_t = log_softmax(logits[:, ctx-1:-1] / T)[token_t],  token_t = input_ids[:, ctx + t]
 
-    Use the same T as when sampling (PPO.md rule 2), or the "policy" whose log-probs you compute
+    Use the same T as when sampling (rule 2), or the "policy" whose log-probs you compute
     is not the one that produced the samples. Entries after the end token are meaningless:
     multiply by the response mask.
     """
@@ -376,9 +382,3 @@ def response_logprobs(
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """`log_softmax(logits)[token]` at every position: `(B, T, V)` logits and `(B, T)` tokens -> `(B, T)`."""
     return F.log_softmax(logits.float(), dim=-1).gather(dim=-1, index=tokens.unsqueeze(-1)).squeeze(-1)
-
-
-def token_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of the next-token distribution at each position: `H = -sum_v p_v log p_v`, `(..., V) -> (...)`."""
-    logprobs = F.log_softmax(logits.float(), dim=-1)
-    return -(logprobs.exp() * logprobs).sum(dim=-1)

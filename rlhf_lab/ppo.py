@@ -1,5 +1,8 @@
 """PPO for a language model: the formulas (GAE, clipped surrogate, clipped value loss) and the trainer.
 
+The details that decide whether PPO works are numbered rules in docs/implementation_rules.md
+("rule 8" below means its rule 8); each has a test that fails when it is broken.
+
 All per-token tensors have shape (B, T) over the *response* tokens only: token t of the response,
 its log-prob, value and reward. `mask` is 1 on real response tokens (up to and including the end
 token) and 0 on pads; pad slots may hold junk and are never read.
@@ -7,7 +10,6 @@ token) and 0 on pads; pad slots may hold junk and are never read.
 
 import copy
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -20,12 +22,20 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 from transformers import GPT2Model
 
-from rlhf_lab import world
-from rlhf_lab.config import for_scale
+from rlhf_lab.checks import check_finite
+from rlhf_lab.config import SAMPLING_TEMPERATURE, for_scale
+from rlhf_lab.judge import judge
 from rlhf_lab.kl import AdaptiveKLController, FixedKLController, kl_k3, kl_penalised_rewards
-from rlhf_lab.masked import check_same_shape, masked_mean, masked_var, masked_whiten
-from rlhf_lab.policy import (forward, generate, position_ids_from_mask, response_logits, response_logprobs, save_policy,
-                             token_logprobs)
+from rlhf_lab.masked import check_same_shape, masked_mean, masked_sum, masked_var, masked_whiten
+from rlhf_lab.policy import (
+    forward,
+    generate,
+    position_ids_from_mask,
+    response_logits,
+    response_logprobs,
+    save_policy,
+    token_logprobs,
+)
 from rlhf_lab.sft import collate, encode_dialogues, lm_loss
 
 # =====================================================================================
@@ -74,13 +84,8 @@ def gae(
     return advantages, returns
 
 
-def ppo_policy_loss(
-    logprobs: Tensor,
-    old_logprobs: Tensor,
-    advantages: Tensor,
-    mask: Tensor,
-    clip_eps: float = 0.2,
-) -> tuple[Tensor, dict[str, float]]:
+def ppo_policy_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor,
+                    clip_eps: float = 0.2) -> tuple[Tensor, dict[str, float]]:
     """The clipped surrogate loss of PPO, averaged over real tokens.
 
         ρ_t = exp(log π(y_t) - log π_old(y_t))
@@ -120,13 +125,8 @@ def ppo_policy_loss(
     return loss, stats
 
 
-def ppo_value_loss(
-    values: Tensor,
-    old_values: Tensor,
-    returns: Tensor,
-    mask: Tensor,
-    clip_eps: float = 0.2,
-) -> tuple[Tensor, dict[str, float]]:
+def ppo_value_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor,
+                   clip_eps: float = 0.2) -> tuple[Tensor, dict[str, float]]:
     """The clipped value loss: the critic may not move more than ε from its rollout values.
 
         V_clip = clip(V, V_old - ε, V_old + ε)
@@ -233,7 +233,7 @@ class PPOConfig:
     ppo_epochs: int = 4  # passes over each rollout batch, a fresh permutation each time
     lr: float = 3e-5
     value_lr: float = 1e-4
-    temperature: float = 0.7  # sampling AND every log-prob recomputation (PPO.md rule 2)
+    temperature: float = SAMPLING_TEMPERATURE  # sampling AND every log-prob recomputation (rule 2)
     max_new_tokens: int = 64
     beta: float = 0.1  # initial KL coefficient β
     adaptive_kl: bool = True
@@ -273,54 +273,83 @@ def ppo_config(scale: str | None = None, **overrides) -> PPOConfig:
 
 def minibatch_indices(size: int, minibatch_size: int, epochs: int, generator: torch.Generator):
     """Row indices of every minibatch, epoch after epoch, with a fresh permutation each epoch
-    (PPO.md rule 12), so no minibatch repeats the same rows in the same order."""
+    (rule 12), so no minibatch repeats the same rows in the same order."""
     for _ in range(epochs):
         order = torch.randperm(size, generator=generator).tolist()
         for start in range(0, size, minibatch_size):
             yield order[start:start + minibatch_size]
 
 
-def policy_minibatch(policy, batch: dict, index: list[int], temperature: float):
-    """A minibatch's rows of the rollout, and the policy's logits and log-probs of its response
-    tokens *now* (the rollout's `logprobs` are the old ones): `(ids, attention, mask, logits, logprobs)`."""
-    ids, attention, mask = batch["input_ids"][index], batch["attention_mask"][index], batch["mask"][index]
-    logits = response_logits(policy, ids, attention, batch["ctx"], temperature).float()
-    return ids, attention, mask, logits, token_logprobs(logits, ids[:, batch["ctx"]:])
+def run_epochs(size: int, minibatch_size: int, epochs: int, generator: torch.Generator,
+               step: Callable[[list[int]], dict[str, float]]) -> dict[str, float]:
+    """`step(rows)` on every minibatch of `epochs` passes over a rollout of `size` rows.
 
-
-def update_means(stats: dict[str, list[float]], first_minibatch: dict[str, float]) -> dict[str, float]:
-    """Each statistic's mean over the update's minibatches, plus the first minibatch's approx KL
-    and clip fraction (before any step they must be exactly 0: PPO.md)."""
+    Returns each statistic's mean over the minibatches, plus the approximate KL and clip fraction
+    of the very first minibatch: before any step the policy *is* the old policy, so they must be
+    exactly 0 (rule 12) -- a cheap, always-on test that rollout and update compute the same log-probs.
+    """
+    stats: dict[str, list[float]] = {}
+    first_minibatch: dict[str, float] | None = None
+    for rows in minibatch_indices(size, minibatch_size, epochs, generator):
+        step_stats = step(rows)
+        first_minibatch = first_minibatch or step_stats
+        for name, value in step_stats.items():
+            stats.setdefault(name, []).append(value)
     means = {name: sum(values) / len(values) for name, values in stats.items()}
     means["first_minibatch_approx_kl"] = first_minibatch["approx_kl"]
     means["first_minibatch_clip_fraction"] = first_minibatch["clip_fraction"]
     return means
 
 
-def _check_finite(stats: dict[str, float], iteration: int) -> None:
-    """Stop at the first NaN/inf statistic, naming it: silent NaNs ruin every later number."""
-    for name, value in stats.items():
-        if isinstance(value, float) and not math.isfinite(value) and name != "explained_variance":
-            raise FloatingPointError(f"PPO: statistic {name!r} is {value} at iteration {iteration}; "
-                                     "training stopped (the last saved checkpoint is kept)")
+def logits_and_logprobs(policy, input_ids: Tensor, attention_mask: Tensor, context_length: int,
+                        temperature: float) -> tuple[Tensor, Tensor]:
+    """The policy's logits (B, T, V) and log-probs (B, T) of the response tokens *now*, at the
+    sampling temperature (rule 2); the rollout's log-probs are the old ones."""
+    logits = response_logits(policy, input_ids, attention_mask, context_length, temperature).float()
+    return logits, token_logprobs(logits, input_ids[:, context_length:])
+
+
+@dataclass
+class PPOBatch:
+    """One rollout and everything the update needs, computed with the pre-update policy.
+
+    Per-token tensors are (B, T) over the response tokens; `mask` is 1 on real tokens.
+    """
+
+    prompts: list[str]
+    texts: list[str]  # the sampled answers
+    input_ids: Tensor  # (B, P + T) prompt and response
+    attention_mask: Tensor
+    context_length: int  # P: the response starts at this column
+    mask: Tensor
+    finished: Tensor  # (B,) True where the answer produced the end token
+    logprobs: Tensor  # log π_old(y_t)
+    ref_logprobs: Tensor  # log π_ref(y_t)
+    values: Tensor  # V_old(s_t)
+    scores: Tensor  # (B,) the reward model's score of each answer
+    kl: Tensor  # per-token k1 to the reference
+    rewards: Tensor  # per-token rewards: -β kl_t, plus the (penalised) score at the last token
+    advantages: Tensor  # GAE, whitened
+    returns: Tensor  # value targets
+    generation_seconds: float
+    scoring_seconds: float
 
 
 class PPOTrainer:
     """PPO with a KL penalty to a frozen reference, on the prompts of the world.
 
-    `train()` is the whole algorithm in one loop; everything else here is bookkeeping.
+    `train()` is the whole algorithm in one loop; `rollout()` and `update()` are its two halves.
     """
 
     def __init__(self, policy, reference, reward_model, tokenizer, prompts: list[str], cfg: PPOConfig,
-                 critic: ValueModel | None = None, ptx_rows: list[dict] | None = None):
+                 ptx_rows: list[dict] | None = None):
         self.cfg, self.tokenizer, self.prompts = cfg, tokenizer, prompts
         self.policy = policy
         self.device = next(policy.parameters()).device
-        # Frozen reference and reward model: eval mode, no gradients (PPO.md rule 4).
+        # Frozen reference and reward model: eval mode, no gradients (rule 4).
         self.reference = reference.eval().requires_grad_(False)
         self.reward_model = reward_model.eval().requires_grad_(False)
-        self.critic = critic or ValueModel(copy.deepcopy(reward_model.backbone)).to(self.device)
-        self.critic.requires_grad_(True)
+        self.critic = ValueModel(copy.deepcopy(reward_model.backbone)).to(self.device).requires_grad_(True)
         self.policy_optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5)
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=cfg.value_lr, eps=1e-5)
         self.kl_controller = (AdaptiveKLController(cfg.beta, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
@@ -328,82 +357,8 @@ class PPOTrainer:
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.ptx_examples = encode_dialogues(tokenizer, ptx_rows) if ptx_rows and cfg.ptx_coef > 0 else []
         self.iteration = 0  # iterations completed
+        self.saved_iteration: int | None = None  # the iteration of the last checkpoint written by `train`
         self.history: list[dict] = []
-
-    @torch.no_grad()
-    def rollout(self, questions: list[str]) -> dict:
-        """Sample answers and compute everything the update needs, with the pre-update policy."""
-        cfg = self.cfg
-        started = time.perf_counter()
-        rollout = generate(self.policy, self.tokenizer, questions, cfg.max_new_tokens, cfg.temperature,
-                           self.generator)
-        generation_seconds = time.perf_counter() - started
-        input_ids, attention_mask = rollout.input_ids.to(self.device), rollout.attention_mask.to(self.device)
-        ctx, mask = rollout.context_length, rollout.response_mask.to(self.device)
-        logprobs = response_logprobs(self.policy, input_ids, attention_mask, ctx, cfg.temperature)
-        ref_logprobs = response_logprobs(self.reference, input_ids, attention_mask, ctx, cfg.temperature)
-        values = response_values(self.critic, input_ids, attention_mask, ctx)
-        # The reward model reads the last real token: the end token (PPO.md rules 5 and 6).
-        scores = self.reward_model(input_ids, attention_mask).float()
-        finished = rollout.finished.to(self.device)
-        # No end token: a fixed penalty, so "never stop" cannot be a way to dodge a bad score (rule 7).
-        penalised_scores = torch.where(finished, scores, scores + cfg.missing_end_penalty)
-        rewards, kl = kl_penalised_rewards(penalised_scores, logprobs, ref_logprobs, mask, self.kl_controller.beta)
-        advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
-        advantages = masked_whiten(advantages, mask)  # after the returns were computed (rule 8, 9)
-        scoring_seconds = time.perf_counter() - started - generation_seconds
-        return dict(rollout=rollout, input_ids=input_ids, attention_mask=attention_mask, ctx=ctx, mask=mask,
-                    logprobs=logprobs, ref_logprobs=ref_logprobs, values=values, scores=scores, kl=kl,
-                    rewards=rewards, advantages=advantages, returns=returns, finished=finished,
-                    generation_seconds=generation_seconds, scoring_seconds=scoring_seconds)
-
-    def _ptx_loss(self) -> Tensor:
-        """The SFT loss on a random minibatch of demonstrations (answer tokens only)."""
-        pick = torch.randint(len(self.ptx_examples), (self.cfg.ptx_batch_size,), generator=self.generator).tolist()
-        ids, attention, loss_mask = (t.to(self.device) for t in
-                                     collate([self.ptx_examples[i] for i in pick], self.tokenizer.pad_token_id, True))
-        return lm_loss(forward(self.policy, ids, attention), ids, loss_mask)
-
-    def update(self, batch: dict) -> dict[str, float]:
-        """`ppo_epochs` passes of clipped policy and value updates over minibatches of the rollout."""
-        cfg = self.cfg
-        self.policy.train()
-        self.critic.train()
-        size = batch["input_ids"].shape[0]
-        stats: dict[str, list[float]] = {}
-        first_minibatch = None
-        for index in minibatch_indices(size, cfg.minibatch_size, cfg.ppo_epochs, self.generator):
-            ids, attention, mask, logits, logprobs = policy_minibatch(self.policy, batch, index, cfg.temperature)
-            policy_loss, policy_stats = ppo_policy_loss(logprobs, batch["logprobs"][index],
-                                                        batch["advantages"][index], mask, cfg.clip_eps)
-            values = response_values(self.critic, ids, attention, batch["ctx"])
-            value_loss, value_stats = ppo_value_loss(values, batch["values"][index], batch["returns"][index],
-                                                     mask, cfg.value_clip_eps)
-            loss = policy_loss + cfg.vf_coef * value_loss
-            if self.ptx_examples:  # PPO-ptx: keep imitating the demonstrations a little
-                ptx_loss = self._ptx_loss()
-                loss = loss + cfg.ptx_coef * ptx_loss
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"PPO: the loss is {loss.item()} at iteration {self.iteration}; "
-                                         "training stopped (the last saved checkpoint is kept)")
-            self.policy_optimizer.zero_grad(set_to_none=True)
-            self.critic_optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip)
-            torch.nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.grad_clip)
-            self.policy_optimizer.step()
-            self.critic_optimizer.step()
-            step_stats = {"policy_loss": policy_loss.item(), "value_loss": value_loss.item(),
-                          **({"ptx_loss": ptx_loss.item()} if self.ptx_examples else {}),
-                          "entropy": entropy_from_logits(logits.detach(), mask).item(), **policy_stats,
-                          **value_stats}
-            if first_minibatch is None:  # before any step: ratio must be exactly 1 (PPO.md)
-                first_minibatch = dict(policy_stats)
-            for name, value in step_stats.items():
-                stats.setdefault(name, []).append(value)
-        self.policy.eval()
-        self.critic.eval()
-        return update_means(stats, first_minibatch)
 
     def train(self, callback: Callable[[pd.DataFrame], None] | None = None, progress: bool = True,
               out: str | Path | None = None) -> pd.DataFrame:
@@ -412,27 +367,15 @@ class PPOTrainer:
         bar = tqdm(range(self.iteration, cfg.iterations), desc="PPO", disable=not progress)
         for iteration in bar:
             pick = torch.randint(len(self.prompts), (cfg.batch_size,), generator=self.generator).tolist()
-            questions = [self.prompts[i] for i in pick]
-            batch = self.rollout(questions)
+            batch = self.rollout([self.prompts[i] for i in pick])  # sample, score, advantages
             started = time.perf_counter()
-            update_stats = self.update(batch)
-            update_seconds = time.perf_counter() - started
-            mask, rollout = batch["mask"], batch["rollout"]
-            kl_per_sequence = (batch["kl"] * mask).sum(dim=1)
-            k3 = (kl_k3(batch["logprobs"], batch["ref_logprobs"]) * mask).sum(dim=1)
-            true_scores = [world.judge(q, t, f).total for q, t, f in zip(questions, rollout.texts, rollout.finished.tolist())]
-            row = {
-                "iteration": iteration, "reward": batch["scores"].mean().item(),
-                "true_score": sum(true_scores) / len(true_scores),  # never used for training
-                "kl": kl_per_sequence.mean().item(), "kl_k3": k3.mean().item(), "beta": self.kl_controller.beta,
-                "response_length": mask.sum(dim=1).mean().item(), "finished_rate": batch["finished"].float().mean().item(),
-                "explained_variance": float(explained_variance(batch["values"], batch["returns"], mask)),
-                **update_stats, "generation_seconds": batch["generation_seconds"],
-                "scoring_seconds": batch["scoring_seconds"], "update_seconds": update_seconds,
-            }
-            _check_finite(row, iteration)
-            # Adapt β with the batch mean of the summed per-token k1 (PPO.md rule 13).
-            self.kl_controller.update(row["kl"], cfg.batch_size)
+            update_stats = self.update(batch)  # epochs of clipped policy and value steps
+            row = {"iteration": iteration, **self.rollout_stats(batch), **update_stats,
+                   "generation_seconds": batch.generation_seconds, "scoring_seconds": batch.scoring_seconds,
+                   "update_seconds": time.perf_counter() - started}
+            check_finite(f"PPO, iteration {iteration}", {k: v for k, v in row.items() if k != "explained_variance"},
+                         self._what_is_kept())
+            self.kl_controller.update(row["kl"], cfg.batch_size)  # adapt β (rule 13)
             self.history.append(row)
             bar.set_postfix(reward=f"{row['reward']:.2f}", true=f"{row['true_score']:.2f}", kl=f"{row['kl']:.2f}")
             self.iteration = iteration + 1  # iterations completed
@@ -441,6 +384,95 @@ class PPOTrainer:
             if out is not None and (self.iteration % cfg.save_every == 0 or self.iteration == cfg.iterations):
                 self.save(out)
         return self.history_frame()
+
+    @torch.no_grad()
+    def rollout(self, prompts: list[str]) -> PPOBatch:
+        """Sample answers and compute everything the update needs, with the pre-update policy."""
+        cfg = self.cfg
+        started = time.perf_counter()
+        rollout = generate(self.policy, self.tokenizer, prompts, cfg.max_new_tokens, cfg.temperature, self.generator)
+        generation_seconds = time.perf_counter() - started
+        input_ids, attention_mask = rollout.input_ids.to(self.device), rollout.attention_mask.to(self.device)
+        ctx, mask = rollout.context_length, rollout.response_mask.to(self.device)
+        finished = rollout.finished.to(self.device)
+        logprobs = response_logprobs(self.policy, input_ids, attention_mask, ctx, cfg.temperature)
+        ref_logprobs = response_logprobs(self.reference, input_ids, attention_mask, ctx, cfg.temperature)
+        values = response_values(self.critic, input_ids, attention_mask, ctx)
+        # The reward model reads the last real token: the end token (rules 5 and 6).
+        scores = self.reward_model(input_ids, attention_mask).float()
+        real = mask.bool()
+        check_finite(f"PPO rollout, iteration {self.iteration}",
+                     {"the reward model's score": scores, "the policy's log-probs": logprobs[real],
+                      "the reference's log-probs": ref_logprobs[real], "the critic's values": values[real]},
+                     self._what_is_kept())
+        # No end token: a fixed penalty, so "never stop" cannot be a way to dodge a bad score (rule 7).
+        penalised_scores = torch.where(finished, scores, scores + cfg.missing_end_penalty)
+        rewards, kl = kl_penalised_rewards(penalised_scores, logprobs, ref_logprobs, mask, self.kl_controller.beta)
+        advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
+        advantages = masked_whiten(advantages, mask)  # after the returns were computed (rules 8, 9)
+        return PPOBatch(prompts, rollout.texts, input_ids, attention_mask, ctx, mask, finished, logprobs,
+                        ref_logprobs, values, scores, kl, rewards, advantages, returns, generation_seconds,
+                        time.perf_counter() - started - generation_seconds)
+
+    def update(self, batch: PPOBatch) -> dict[str, float]:
+        """`ppo_epochs` passes of clipped policy and value steps over minibatches of the rollout."""
+        self.policy.train()
+        self.critic.train()
+        stats = run_epochs(len(batch.prompts), self.cfg.minibatch_size, self.cfg.ppo_epochs, self.generator,
+                           lambda rows: self._step(batch, rows))
+        self.policy.eval()
+        self.critic.eval()
+        return stats
+
+    def _step(self, batch: PPOBatch, rows: list[int]) -> dict[str, float]:
+        """One gradient step of the policy and the critic on some rows of the rollout."""
+        cfg = self.cfg
+        ids, attention, mask = batch.input_ids[rows], batch.attention_mask[rows], batch.mask[rows]
+        logits, logprobs = logits_and_logprobs(self.policy, ids, attention, batch.context_length, cfg.temperature)
+        policy_loss, policy_stats = ppo_policy_loss(logprobs, batch.logprobs[rows], batch.advantages[rows], mask,
+                                                    cfg.clip_eps)
+        values = response_values(self.critic, ids, attention, batch.context_length)
+        value_loss, value_stats = ppo_value_loss(values, batch.values[rows], batch.returns[rows], mask,
+                                                 cfg.value_clip_eps)
+        loss = policy_loss + cfg.vf_coef * value_loss
+        ptx_loss = self.ptx_loss() if self.ptx_examples else None
+        if ptx_loss is not None:  # PPO-ptx: keep imitating the demonstrations a little
+            loss = loss + cfg.ptx_coef * ptx_loss
+        check_finite(f"PPO update, iteration {self.iteration}", {"the loss": loss}, self._what_is_kept())
+        self.policy_optimizer.zero_grad(set_to_none=True)
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.grad_clip)
+        self.policy_optimizer.step()
+        self.critic_optimizer.step()
+        return {"policy_loss": policy_loss.item(), "value_loss": value_loss.item(),
+                **({"ptx_loss": ptx_loss.item()} if ptx_loss is not None else {}),
+                "entropy": entropy_from_logits(logits.detach(), mask).item(), **policy_stats, **value_stats}
+
+    def ptx_loss(self) -> Tensor:
+        """The SFT loss on a random minibatch of demonstrations (answer tokens only)."""
+        pick = torch.randint(len(self.ptx_examples), (self.cfg.ptx_batch_size,), generator=self.generator).tolist()
+        ids, attention, loss_mask = (t.to(self.device) for t in
+                                     collate([self.ptx_examples[i] for i in pick], self.tokenizer.pad_token_id, True))
+        return lm_loss(forward(self.policy, ids, attention), ids, loss_mask)
+
+    def rollout_stats(self, batch: PPOBatch) -> dict[str, float]:
+        """What the history logs about a rollout: proxy and true score, KL (k1 and k3), β, lengths."""
+        true_scores = [judge(q, t, f).total for q, t, f in zip(batch.prompts, batch.texts, batch.finished.tolist())]
+        return {"reward": batch.scores.mean().item(),
+                "true_score": sum(true_scores) / len(true_scores),  # never used for training
+                "kl": masked_sum(batch.kl, batch.mask, dim=1).mean().item(),
+                "kl_k3": masked_sum(kl_k3(batch.logprobs, batch.ref_logprobs), batch.mask, dim=1).mean().item(),
+                "beta": self.kl_controller.beta, "response_length": batch.mask.sum(dim=1).mean().item(),
+                "finished_rate": batch.finished.float().mean().item(),
+                "explained_variance": float(explained_variance(batch.values, batch.returns, batch.mask))}
+
+    def _what_is_kept(self) -> str:
+        """What a crash now leaves behind, said truthfully in the error message."""
+        if self.saved_iteration is None:
+            return "no checkpoint was saved by this run"
+        return f"the checkpoint of iteration {self.saved_iteration} is kept"
 
     def history_frame(self) -> pd.DataFrame:
         frame = pd.DataFrame(self.history)
@@ -463,6 +495,7 @@ class PPOTrainer:
         (out / "trainer_state.json").write_text(json.dumps(
             {"iteration": self.iteration, "beta": self.kl_controller.beta, "config": asdict(self.cfg),
              "generator_state": self.generator.get_state().tolist()}, indent=1))
+        self.saved_iteration = self.iteration
 
     def resume(self, path: str | Path) -> None:
         """Continue from a checkpoint written by `save` (policy weights are loaded by the caller)."""

@@ -249,22 +249,6 @@ class PreferenceStore:
                     keys.add(item_key(record.prompt, record.ranking))
         return keys
 
-    def pairs(self, include_ties: bool = False) -> list[dict[str, Any]]:
-        """Training pairs as plain dicts {"prompt", "chosen", "rejected"}.
-
-        Ties say nothing about which answer is better, so they are left out unless asked for;
-        with `include_ties=True` every dict also gets "tie" (a trainer can use target 0.5).
-        """
-        pairs = []
-        for record in self._records.values():
-            if record.tie and not include_ties:
-                continue
-            pair = {"prompt": record.prompt, "chosen": record.chosen, "rejected": record.rejected}
-            if include_ties:
-                pair["tie"] = record.tie
-            pairs.append(pair)
-        return pairs
-
     def to_dataframe(self):
         """The current records as a pandas DataFrame, one row per record."""
         import pandas as pd  # only needed here; keeps the store importable without pandas
@@ -348,3 +332,27 @@ def _fsync_directory(directory: Path) -> None:
         pass
     finally:
         os.close(descriptor)
+
+
+def check_preference_file(path: str | os.PathLike) -> None:
+    """Refuse a file that holds anything but preference records, before appending labels to it.
+
+    `label --out data/world/sft.jsonl` must not turn a data file into a mix of two formats: the
+    first non-blank line of an existing file has to be a preference record or an undo line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return
+    with open(path, "rb") as file:
+        for number, raw in enumerate(file, start=1):
+            if not raw.strip():
+                continue
+            try:
+                data = json.loads(raw.decode("utf-8-sig"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                data = None
+            if isinstance(data, dict) and ("undo" in data or {"prompt", "chosen", "rejected"} <= set(data)):
+                return
+            found = f"fields {sorted(data)}" if isinstance(data, dict) else "not a JSON object"
+            raise ValueError(f"{path}, line {number}: not a preference file ({found}); "
+                             "labels go into a file of preference records: choose another --out")

@@ -21,9 +21,10 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer, GPT2Model
 
 from rlhf_lab import world
+from rlhf_lab.checks import check_finite
 from rlhf_lab.config import for_scale
 from rlhf_lab.masked import check_same_shape, weighted_mean
-from rlhf_lab.policy import position_ids_from_mask
+from rlhf_lab.policy import position_ids_from_mask, quiet_loading
 from rlhf_lab.tokenizer import format_dialogue, save_tokenizer
 
 # =====================================================================================
@@ -76,9 +77,10 @@ class RewardModel(nn.Module):
     """score(prompt, answer) = gain * (w · h_last + b) + bias.
 
     h_last is the backbone's hidden state at the last real token (the end token), which has
-    attended to the whole prompt and answer. The head starts as N(0, 1/sqrt(d + 1)) (PPO.md
-    rule 6); after training, `gain` and `bias` are set so the starting policy's answers score
-    mean 0 and std 1 -- so a reward of +1 means "one standard deviation better than SFT".
+    attended to the whole prompt and answer. The head's weights start with standard deviation
+    1/sqrt(d + 1) (rule 6 of docs/implementation_rules.md); after training, `gain` and `bias` are
+    set so the starting policy's answers score mean 0 and std 1 -- so a reward of +1 means "one
+    standard deviation better than SFT".
     """
 
     def __init__(self, backbone: GPT2Model):
@@ -121,7 +123,8 @@ class RewardModel(nn.Module):
         if not (path / HEAD_FILE).is_file():
             raise FileNotFoundError(f"no reward model at {path.resolve()} (looked for {path / HEAD_FILE}); "
                                     "make one with: python -m rlhf_lab reward --prefs FILE --out DIR")
-        model = cls(GPT2Model.from_pretrained(path, use_safetensors=True))
+        with quiet_loading():
+            model = cls(GPT2Model.from_pretrained(path, use_safetensors=True))
         tensors = load_file(str(path / HEAD_FILE))
         with torch.no_grad():
             model.head.weight.copy_(tensors["weight"])
@@ -145,7 +148,8 @@ def score_answers(reward_model: RewardModel, tokenizer, prompts: list[str], answ
     device = next(reward_model.parameters()).device
     scores = []
     for i in range(0, len(prompts), batch_size):
-        input_ids, attention_mask = encode_answers(tokenizer, prompts[i:i + batch_size], answers[i:i + batch_size], device)
+        batch = slice(i, i + batch_size)
+        input_ids, attention_mask = encode_answers(tokenizer, prompts[batch], answers[batch], device)
         scores.append(reward_model(input_ids, attention_mask).float().cpu())
     return torch.cat(scores) if scores else torch.zeros(0)
 
@@ -164,6 +168,7 @@ class RewardConfig:
     grad_clip: float = 1.0
     learner_weight: float = 2.0  # a learner's own label counts twice as much as a simulated one
     heldout_fraction: float = 0.1  # prompts held out to measure accuracy
+    normalise_samples: int = 256  # SFT answers the scores are normalised on (mean 0, std 1)
     seed: int = 0
 
 
@@ -252,8 +257,7 @@ def train_reward_model(reward_model: RewardModel, tokenizer, pairs: list[dict], 
             chosen_rewards, rejected_rewards = pair_rewards(reward_model, tokenizer, batch)
             weights = torch.tensor([p["weight"] for p in batch], device=device)
             loss = bradley_terry_loss(chosen_rewards, rejected_rewards, weights)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"reward model: the loss became {loss.item()} at step {step}")
+            check_finite(f"reward model, step {step}", {"the loss": loss}, f"lower the lr, {cfg.lr}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(reward_model.parameters(), cfg.grad_clip)
@@ -269,7 +273,8 @@ def train_reward_model(reward_model: RewardModel, tokenizer, pairs: list[dict], 
 
 
 @torch.no_grad()
-def normalise(reward_model: RewardModel, tokenizer, prompts: list[str], answers: list[str]) -> dict[str, float]:
+def normalise_to_policy(reward_model: RewardModel, tokenizer, prompts: list[str],
+                        answers: list[str]) -> dict[str, float]:
     """Set gain and bias so these answers (samples of the starting policy) score mean 0, std 1."""
     reward_model.gain.fill_(1.0)
     reward_model.bias.fill_(0.0)
@@ -278,105 +283,3 @@ def normalise(reward_model: RewardModel, tokenizer, prompts: list[str], answers:
     reward_model.gain.fill_(1 / std)
     reward_model.bias.fill_(-mean / std)
     return {"raw_mean": mean, "raw_std": std}
-
-
-@torch.no_grad()
-def predicted_preferences(reward_model: RewardModel, tokenizer, pairs: list[dict], batch_size: int = 128) -> Tensor:
-    """The reward model's P(chosen preferred) = σ(r_chosen - r_rejected) for every pair."""
-    probabilities = []
-    for i in range(0, len(pairs), batch_size):
-        chosen_rewards, rejected_rewards = pair_rewards(reward_model, tokenizer, pairs[i:i + batch_size])
-        probabilities.append(bradley_terry_probability(chosen_rewards, rejected_rewards).float().cpu())
-    return torch.cat(probabilities) if probabilities else torch.zeros(0)
-
-
-def calibration_table(predicted: Tensor, bins: int = 10) -> pd.DataFrame:
-    """Predicted vs observed preference probability.
-
-    Each pair is looked at from both sides (chosen first, then rejected first), so the observed
-    frequency of "the first answer was preferred" in a bin can be compared with the mean
-    prediction there: a calibrated model sits on the diagonal.
-    """
-    probabilities = torch.cat([predicted, 1 - predicted])
-    observed = torch.cat([torch.ones_like(predicted), torch.zeros_like(predicted)])
-    bucket = (probabilities * bins).clamp(max=bins - 1).long()
-    rows = []
-    for b in range(bins):
-        inside = bucket == b
-        if inside.any():
-            rows.append({"bin": b, "predicted": probabilities[inside].mean().item(),
-                         "observed": observed[inside].mean().item(), "pairs": int(inside.sum())})
-    return pd.DataFrame(rows)
-
-
-def _correlation(x: list[float], y: list[float]) -> float:
-    return float(torch.corrcoef(torch.tensor([x, y], dtype=torch.float64))[0, 1])
-
-
-def bias_probe(reward_model: RewardModel, tokenizer, prompts: list[str], answers: list[str]) -> dict[str, float]:
-    """Does the reward model like length and flattery more than the simulated human does?
-
-    Correlations over the same answers: reward vs number of words (and flattering phrases), next
-    to the simulated human's total vs the same. A reward model that learned the labellers' bias
-    shows a higher correlation than the true score.
-    """
-    rewards = score_answers(reward_model, tokenizer, prompts, answers).tolist()
-    truths = [world.judge(p, a).total for p, a in zip(prompts, answers)]
-    lengths = [len(world.words_of(world.normalise(a))) for a in answers]
-    flattery = [world.count_phrases(world.normalise(a), world.FLATTERY) for a in answers]
-    return {"length_correlation": _correlation(rewards, lengths), "judge_length_correlation": _correlation(truths, lengths),
-            "flattery_correlation": _correlation(rewards, flattery),
-            "judge_flattery_correlation": _correlation(truths, flattery),
-            "reward_judge_correlation": _correlation(rewards, truths)}
-
-
-KNOWLEDGE, CLOSE_CALL, CLEAR = "needs knowledge", "close call", "clear"
-
-
-def pair_kind(prompt: str, chosen: str, rejected: str, probability: float) -> str:
-    """What it takes to label a pair the way the annotator would:
-
-    KNOWLEDGE   one answer states the right number or fact, the other a wrong one: the annotator
-                never hesitates, but a model must know the sum or the capital to agree with it;
-    CLOSE_CALL  the annotator's own P(chosen) is within 0.2-0.8: even the best model is near a coin flip;
-    CLEAR       everything else: a refusal against harmful help, a kind answer against a rude one, ...
-    """
-    verdicts = {frozenset(world.judge(prompt, answer).flags & {"correct", "incorrect"}) for answer in (chosen, rejected)}
-    if verdicts == {frozenset({"correct"}), frozenset({"incorrect"})}:
-        return KNOWLEDGE
-    if abs(probability - 0.5) < 0.3:
-        return CLOSE_CALL
-    return CLEAR
-
-
-def gap_by_kind(pairs: list[dict], predicted: Tensor, probabilities: list[float]) -> pd.DataFrame:
-    """Accuracy and noise ceiling for each kind of pair, and how many points of the whole gap
-    (ceiling - accuracy, in percentage points) each kind accounts for; the points add up to it.
-
-    predicted: the reward model's P(chosen preferred) per pair; probabilities: the annotator's.
-    """
-    annotator_p = torch.tensor(probabilities, dtype=torch.float64)
-    frame = pd.DataFrame({
-        "kind": [pair_kind(p["prompt"], p["chosen"], p["rejected"], q) for p, q in zip(pairs, probabilities)],
-        "right": (predicted > 0.5).double().numpy(),
-        "best_possible": torch.maximum(annotator_p, 1 - annotator_p).numpy(),  # E[max(p, 1 - p)] pair by pair
-    })
-    table = frame.groupby("kind").agg(pairs=("right", "size"), accuracy=("right", "mean"),
-                                      noise_ceiling=("best_possible", "mean"))
-    table["points_of_gap"] = 100 * table["pairs"] * (table["noise_ceiling"] - table["accuracy"]) / len(pairs)
-    return table
-
-
-def reward_report(reward_model: RewardModel, tokenizer, heldout_pairs: list[dict]) -> dict:
-    """Held-out accuracy (overall and per family), calibration error and the bias probe."""
-    predicted = predicted_preferences(reward_model, tokenizer, heldout_pairs)
-    correct = (predicted > 0.5).float()
-    families = [(world.parse_prompt(p["prompt"]) or world.Prompt("unknown", "", "")).family for p in heldout_pairs]
-    per_family = {f: float(correct[[i for i, g in enumerate(families) if g == f]].mean()) for f in sorted(set(families))}
-    calibration = calibration_table(predicted)
-    expected_calibration_error = float((calibration["pairs"] * (calibration["predicted"] - calibration["observed"]).abs()).sum()
-                                       / calibration["pairs"].sum())
-    answers = list(dict.fromkeys((p["prompt"], a) for p in heldout_pairs for a in (p["chosen"], p["rejected"])))
-    return {"heldout_accuracy": float(correct.mean()), "accuracy_by_family": per_family,
-            "calibration_error": expected_calibration_error,
-            **bias_probe(reward_model, tokenizer, [p for p, _ in answers], [a for _, a in answers])}

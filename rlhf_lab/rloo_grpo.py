@@ -5,7 +5,6 @@ skip the critic: they sample a group of k answers to the same prompt and use the
 the baseline. Rewards are one score per whole answer, shape (B prompts, k answers).
 """
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -15,12 +14,13 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from rlhf_lab import world
-from rlhf_lab.config import for_scale
+from rlhf_lab.checks import check_finite
+from rlhf_lab.config import SAMPLING_TEMPERATURE, for_scale
+from rlhf_lab.judge import judge
 from rlhf_lab.kl import kl_k1, kl_k3
-from rlhf_lab.masked import masked_mean
+from rlhf_lab.masked import masked_mean, masked_sum
 from rlhf_lab.policy import generate, response_logprobs
-from rlhf_lab.ppo import entropy_from_logits, minibatch_indices, policy_minibatch, ppo_policy_loss, update_means
+from rlhf_lab.ppo import entropy_from_logits, logits_and_logprobs, ppo_policy_loss, run_epochs
 
 
 def _check_groups(function_name: str, rewards: Tensor) -> None:
@@ -71,24 +71,38 @@ def grpo_advantages(rewards: Tensor, eps: float = 1e-4) -> Tensor:
 # =====================================================================================
 
 METHODS = {"rloo": rloo_advantages, "grpo": grpo_advantages}
-# Where each method's paper puts the KL to the reference:
-#   "reward": R_i = score_i - β sum_t k1_t, before the group baseline (RLOO, Ahmadian et al. 2024,
-#             like PPO's per-token penalty summed over the answer);
-#   "loss":   R_i = score_i, and β · mean_t k3_t is added to the loss (GRPO, Shao et al. 2024).
+
+
+def kl_in_reward(scores: Tensor, kl: Tensor, beta: float) -> Tensor:
+    """RLOO (Ahmadian et al. 2024): R_i = score_i - β sum_t k1_t, before the group baseline --
+    like PPO's per-token penalty, summed over the answer."""
+    return scores - beta * kl
+
+
+def kl_in_loss(policy_loss: Tensor, kl_estimate: Tensor, beta: float) -> Tensor:
+    """GRPO (Shao et al. 2024): R_i = score_i, and β · mean_t k3_t of π against π_ref is added to the
+    loss. k3 is >= 0 on every sampled token, and its gradient pulls π back towards π_ref."""
+    return policy_loss + beta * kl_estimate
+
+
+# Where each method's paper puts the KL to the reference.
 KL_PLACEMENT = {"rloo": "reward", "grpo": "loss"}
 
 
 @dataclass
 class GroupConfig:
     method: str = "rloo"  # "rloo" or "grpo": which group baseline turns scores into advantages
-    kl_in: str = ""  # "reward" or "loss" (see KL_PLACEMENT); empty: the method's own choice
+    kl_in: str | None = None  # "reward" or "loss" (see KL_PLACEMENT); None: the method's own choice
     iterations: int = 25
     prompts_per_iteration: int = 16
     group_size: int = 4  # k answers per prompt: 16 x 4 = 64 answers per rollout, PPO's batch size
     minibatch_size: int = 16  # answers per gradient step
-    epochs: int = 2  # passes over each rollout; the clipped ratio keeps the later passes honest
+    # Passes over each rollout, with PPO's clipped ratio keeping the later passes honest. RLOO as
+    # published is plain REINFORCE (one unclipped step per batch); the clipped multi-epoch update is
+    # our choice (and TRL's), so both methods share PPO's update.
+    epochs: int = 2
     lr: float = 5e-5
-    temperature: float = 0.7  # sampling AND every log-prob recomputation (PPO.md rule 2)
+    temperature: float = SAMPLING_TEMPERATURE  # sampling AND every log-prob recomputation (rule 2)
     max_new_tokens: int = 64
     beta: float = 0.05  # KL coefficient
     clip_eps: float = 0.2
@@ -99,7 +113,7 @@ class GroupConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"GroupConfig: method must be one of {sorted(METHODS)}, got {self.method!r}")
-        if self.kl_in not in ("", "reward", "loss"):
+        if self.kl_in not in (None, "reward", "loss"):
             raise ValueError(f"GroupConfig: kl_in must be 'reward' or 'loss', got {self.kl_in!r}")
         if self.group_size < 2:
             raise ValueError(f"GroupConfig: group_size must be >= 2 (a group baseline needs siblings), "
@@ -122,6 +136,27 @@ def group_config(method: str = "rloo", scale: str | None = None, **overrides) ->
     return for_scale(GroupConfig, GROUP_PRESETS, scale, method=method, **overrides)
 
 
+@dataclass
+class GroupBatch:
+    """k answers to each prompt (a group is k neighbouring rows) and their advantages."""
+
+    prompts: list[str]  # one per answer (each prompt repeated k times)
+    texts: list[str]
+    input_ids: Tensor
+    attention_mask: Tensor
+    context_length: int
+    mask: Tensor  # (B, T) 1 on real response tokens
+    finished: Tensor
+    logprobs: Tensor  # log π_old(y_t)
+    ref_logprobs: Tensor
+    scores: Tensor  # (B,) the reward model's scores
+    kl: Tensor  # (B,) summed k1 per answer, in nats
+    answer_advantages: Tensor  # (B,) one advantage per answer
+    advantages: Tensor  # (B, T) the answer's advantage on each of its tokens
+    flat_groups: float  # share of groups whose answers all got the same reward (no signal)
+    generation_seconds: float
+
+
 class GroupTrainer:
     """RLOO or GRPO: PPO's loop without the critic. `train()` is the whole algorithm.
 
@@ -129,79 +164,20 @@ class GroupTrainer:
     them with the reward model, turns each group's scores into advantages (leave-one-out mean or
     standardised), gives every token of an answer its answer's advantage, and takes a few epochs
     of PPO's clipped surrogate steps (`ppo.ppo_policy_loss`: per token, averaged over the real
-    tokens of the minibatch) -- plus, for GRPO, β times the mean per-token k3 to the reference.
+    tokens of the minibatch) -- plus, for GRPO, the KL term in the loss.
     """
 
     def __init__(self, policy, reference, reward_model, tokenizer, prompts: list[str], cfg: GroupConfig):
         self.cfg, self.tokenizer, self.prompts = cfg, tokenizer, prompts
         self.policy = policy
         self.device = next(policy.parameters()).device
-        # Frozen reference and reward model: eval mode, no gradients (PPO.md rule 4).
+        # Frozen reference and reward model: eval mode, no gradients (rule 4).
         self.reference = reference.eval().requires_grad_(False)
         self.reward_model = reward_model.eval().requires_grad_(False)
         self.optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5)
         self.advantage_function = METHODS[cfg.method]
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.history: list[dict] = []
-
-    @torch.no_grad()
-    def rollout(self, questions: list[str]) -> dict:
-        """k answers per question, their scores, KL and group advantages, from the pre-update policy."""
-        cfg = self.cfg
-        started = time.perf_counter()
-        repeated = [q for q in questions for _ in range(cfg.group_size)]  # a group = k neighbouring rows
-        rollout = generate(self.policy, self.tokenizer, repeated, cfg.max_new_tokens, cfg.temperature, self.generator)
-        generation_seconds = time.perf_counter() - started
-        input_ids, attention_mask = rollout.input_ids.to(self.device), rollout.attention_mask.to(self.device)
-        ctx, mask = rollout.context_length, rollout.response_mask.to(self.device)
-        logprobs = response_logprobs(self.policy, input_ids, attention_mask, ctx, cfg.temperature)
-        ref_logprobs = response_logprobs(self.reference, input_ids, attention_mask, ctx, cfg.temperature)
-        real = mask.bool()
-        kl = torch.where(real, kl_k1(logprobs, ref_logprobs), 0.0).sum(dim=1)  # per answer, in nats
-        scores = self.reward_model(input_ids, attention_mask).float()
-        finished = rollout.finished.to(self.device)
-        penalised_scores = torch.where(finished, scores, scores + cfg.missing_end_penalty)
-        # The KL either lowers the reward the group compares (RLOO) or becomes a loss term (GRPO).
-        rewards = penalised_scores - cfg.beta * kl if cfg.kl_placement == "reward" else penalised_scores
-        group_rewards = rewards.view(len(questions), cfg.group_size)
-        advantages = self.advantage_function(group_rewards).reshape(-1)
-        # One advantage per answer, shared by all its tokens (0 on pads).
-        token_advantages = torch.where(real, advantages[:, None], 0.0)
-        flat_groups = (group_rewards.amax(dim=1) == group_rewards.amin(dim=1)).float().mean()
-        return dict(rollout=rollout, questions=repeated, input_ids=input_ids, attention_mask=attention_mask,
-                    ctx=ctx, mask=mask, logprobs=logprobs, ref_logprobs=ref_logprobs, scores=scores, kl=kl,
-                    finished=finished, advantages=token_advantages, answer_advantages=advantages,
-                    flat_groups=flat_groups.item(), generation_seconds=generation_seconds)
-
-    def update(self, batch: dict) -> dict[str, float]:
-        """`epochs` passes of clipped policy updates (plus the k3 KL term for GRPO) over minibatches."""
-        cfg = self.cfg
-        self.policy.train()
-        size = batch["input_ids"].shape[0]
-        stats: dict[str, list[float]] = {}
-        first_minibatch = None
-        for index in minibatch_indices(size, cfg.minibatch_size, cfg.epochs, self.generator):
-            _, _, mask, logits, logprobs = policy_minibatch(self.policy, batch, index, cfg.temperature)
-            policy_loss, policy_stats = ppo_policy_loss(logprobs, batch["logprobs"][index],
-                                                        batch["advantages"][index], mask, cfg.clip_eps)
-            # k3 of π against π_ref on the sampled tokens: >= 0, and its gradient pulls π back.
-            kl_loss = masked_mean(kl_k3(logprobs, batch["ref_logprobs"][index]), mask)
-            loss = policy_loss + cfg.beta * kl_loss if cfg.kl_placement == "loss" else policy_loss
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{cfg.method.upper()}: the loss is {loss.item()} at iteration "
-                                         f"{len(self.history)}; training stopped")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip)
-            self.optimizer.step()
-            step_stats = {"policy_loss": policy_loss.item(), "kl_loss": kl_loss.item(),
-                          "entropy": entropy_from_logits(logits.detach(), mask).item(), **policy_stats}
-            if first_minibatch is None:  # before any step: ratio must be exactly 1 (PPO.md)
-                first_minibatch = dict(policy_stats)
-            for name, value in step_stats.items():
-                stats.setdefault(name, []).append(value)
-        self.policy.eval()
-        return update_means(stats, first_minibatch)
 
     def train(self, callback: Callable[[pd.DataFrame], None] | None = None, progress: bool = True) -> pd.DataFrame:
         """The loop: rollout, group advantages, update. `callback(history)` after every iteration."""
@@ -212,30 +188,78 @@ class GroupTrainer:
             batch = self.rollout([self.prompts[i] for i in pick])
             started = time.perf_counter()
             update_stats = self.update(batch)
-            rollout, mask = batch["rollout"], batch["mask"]
-            true_scores = [world.judge(q, t, f).total
-                           for q, t, f in zip(batch["questions"], rollout.texts, rollout.finished.tolist())]
-            row = {
-                "iteration": iteration, "reward": batch["scores"].mean().item(),
-                "true_score": sum(true_scores) / len(true_scores),  # never used for training
-                "kl": batch["kl"].mean().item(),
-                "kl_k3": (torch.where(mask.bool(), kl_k3(batch["logprobs"], batch["ref_logprobs"]), 0.0)
-                          .sum(dim=1).mean().item()),
-                "beta": cfg.beta, "response_length": mask.sum(dim=1).mean().item(),
-                "finished_rate": batch["finished"].float().mean().item(),
-                "advantage_std": batch["answer_advantages"].std().item(), "flat_groups": batch["flat_groups"],
-                **update_stats, "generation_seconds": batch["generation_seconds"],
-                "update_seconds": time.perf_counter() - started,
-            }
-            for name, value in row.items():  # stop at the first NaN, naming it
-                if isinstance(value, float) and not math.isfinite(value):
-                    raise FloatingPointError(f"{cfg.method.upper()}: statistic {name!r} is {value} at iteration "
-                                             f"{iteration}; training stopped")
+            row = {"iteration": iteration, **self.rollout_stats(batch), **update_stats,
+                   "generation_seconds": batch.generation_seconds, "update_seconds": time.perf_counter() - started}
+            check_finite(f"{cfg.method.upper()}, iteration {iteration}", row)
             self.history.append(row)
             bar.set_postfix(reward=f"{row['reward']:.2f}", true=f"{row['true_score']:.2f}", kl=f"{row['kl']:.2f}")
             if callback is not None:
                 callback(self.history_frame())
         return self.history_frame()
+
+    @torch.no_grad()
+    def rollout(self, prompts: list[str]) -> GroupBatch:
+        """k answers per prompt, their scores, KL and group advantages, from the pre-update policy."""
+        cfg = self.cfg
+        started = time.perf_counter()
+        repeated = [q for q in prompts for _ in range(cfg.group_size)]  # a group = k neighbouring rows
+        rollout = generate(self.policy, self.tokenizer, repeated, cfg.max_new_tokens, cfg.temperature, self.generator)
+        generation_seconds = time.perf_counter() - started
+        input_ids, attention_mask = rollout.input_ids.to(self.device), rollout.attention_mask.to(self.device)
+        ctx, mask = rollout.context_length, rollout.response_mask.to(self.device)
+        logprobs = response_logprobs(self.policy, input_ids, attention_mask, ctx, cfg.temperature)
+        ref_logprobs = response_logprobs(self.reference, input_ids, attention_mask, ctx, cfg.temperature)
+        kl = masked_sum(kl_k1(logprobs, ref_logprobs), mask, dim=1)  # per answer, in nats
+        scores = self.reward_model(input_ids, attention_mask).float()
+        check_finite(f"{cfg.method.upper()} rollout, iteration {len(self.history)}",
+                     {"the reward model's score": scores, "the KL": kl})
+        finished = rollout.finished.to(self.device)
+        rewards = torch.where(finished, scores, scores + cfg.missing_end_penalty)
+        if cfg.kl_placement == "reward":
+            rewards = kl_in_reward(rewards, kl, cfg.beta)
+        group_rewards = rewards.view(len(prompts), cfg.group_size)
+        advantages = self.advantage_function(group_rewards).reshape(-1)
+        flat_groups = (group_rewards.amax(dim=1) == group_rewards.amin(dim=1)).float().mean().item()
+        # One advantage per answer, shared by all its tokens (0 on pads).
+        token_advantages = torch.where(mask.bool(), advantages[:, None], 0.0)
+        return GroupBatch(repeated, rollout.texts, input_ids, attention_mask, ctx, mask, finished, logprobs,
+                          ref_logprobs, scores, kl, advantages, token_advantages, flat_groups, generation_seconds)
+
+    def update(self, batch: GroupBatch) -> dict[str, float]:
+        """`epochs` passes of clipped policy steps (plus the KL term for GRPO) over minibatches."""
+        self.policy.train()
+        stats = run_epochs(len(batch.prompts), self.cfg.minibatch_size, self.cfg.epochs, self.generator,
+                           lambda rows: self._step(batch, rows))
+        self.policy.eval()
+        return stats
+
+    def _step(self, batch: GroupBatch, rows: list[int]) -> dict[str, float]:
+        cfg = self.cfg
+        mask = batch.mask[rows]
+        logits, logprobs = logits_and_logprobs(self.policy, batch.input_ids[rows], batch.attention_mask[rows],
+                                               batch.context_length, cfg.temperature)
+        policy_loss, policy_stats = ppo_policy_loss(logprobs, batch.logprobs[rows], batch.advantages[rows], mask,
+                                                    cfg.clip_eps)
+        kl_estimate = masked_mean(kl_k3(logprobs, batch.ref_logprobs[rows]), mask)  # logged either way
+        loss = kl_in_loss(policy_loss, kl_estimate, cfg.beta) if cfg.kl_placement == "loss" else policy_loss
+        check_finite(f"{cfg.method.upper()} update, iteration {len(self.history)}", {"the loss": loss})
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        return {"policy_loss": policy_loss.item(), "kl_loss": kl_estimate.item(),
+                "entropy": entropy_from_logits(logits.detach(), mask).item(), **policy_stats}
+
+    def rollout_stats(self, batch: GroupBatch) -> dict[str, float]:
+        """What the history logs about a rollout: proxy and true score, KL (k1 and k3), spreads."""
+        true_scores = [judge(q, t, f).total for q, t, f in zip(batch.prompts, batch.texts, batch.finished.tolist())]
+        return {"reward": batch.scores.mean().item(),
+                "true_score": sum(true_scores) / len(true_scores),  # never used for training
+                "kl": batch.kl.mean().item(),
+                "kl_k3": masked_sum(kl_k3(batch.logprobs, batch.ref_logprobs), batch.mask, dim=1).mean().item(),
+                "beta": self.cfg.beta, "response_length": batch.mask.sum(dim=1).mean().item(),
+                "finished_rate": batch.finished.float().mean().item(),
+                "advantage_std": batch.answer_advantages.std().item(), "flat_groups": batch.flat_groups}
 
     def history_frame(self) -> pd.DataFrame:
         frame = pd.DataFrame(self.history)

@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from rlhf_lab.checks import check_finite
 from rlhf_lab.config import autocast, for_scale
 from rlhf_lab.policy import forward
 from rlhf_lab.tokenizer import format_dialogue, format_prompt
@@ -96,7 +97,7 @@ def lm_loss(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tens
     """Next-token cross-entropy, averaged over target tokens only.
 
     loss = -sum_t mask_t * log p(x_t | x_<t) / sum_t mask_t, with p(x_t | x_<t) read from the
-    logits at position t - 1 (the same one-position shift as PPO.md rule 1).
+    logits at position t - 1 (the same one-position shift as rule 1 of docs/implementation_rules.md).
     """
     token_logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
     target_logprobs = token_logprobs.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
@@ -149,11 +150,11 @@ def train_language_model(model, tokenizer, rows: list[dict], cfg: LMConfig, prog
             group["lr"] = lr
         batch_index = next(batches)
         input_ids, attention_mask, loss_mask = (
-            t.to(device) for t in collate([examples[i] for i in batch_index], tokenizer.pad_token_id, cfg.response_only))
+            t.to(device)
+            for t in collate([examples[i] for i in batch_index], tokenizer.pad_token_id, cfg.response_only))
         with autocast(device, cfg.mixed_precision):
             loss = lm_loss(forward(model, input_ids, attention_mask), input_ids, loss_mask)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{desc}: the loss became {loss.item()} at step {step}; lower the lr ({cfg.lr})")
+        check_finite(f"{desc}, step {step}", {"the loss": loss}, f"lower the lr, {cfg.lr}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

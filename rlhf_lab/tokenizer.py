@@ -13,7 +13,7 @@ A dialogue is rendered as
 and a prompt for generation stops right after `<|assistant|>`: the model writes the answer and
 ends it with `<|end|>`. The padding token `<|pad|>` is deliberately *not* the end token: if it
 were, masking out padding would also mask out the end token, and the policy would never be
-trained (or rewarded) for stopping (PPO.md rule 3).
+trained (or rewarded) for stopping (rule 3 of docs/implementation_rules.md).
 
 Wrapping the `tokenizers` object in `PreTrainedTokenizerFast` gives the familiar Hugging Face API
 (`tok(texts)`, `tok.decode`, `apply_chat_template`, `save_pretrained` / `AutoTokenizer`), the same

@@ -40,7 +40,8 @@ def two_process_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess
     # CUDA_VISIBLE_DEVICES="": two CPU processes even on a machine with GPUs; one thread each.
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, f"accelerate launch failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    output = f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    assert result.returncode == 0, f"accelerate launch failed ({result.returncode}):\n{output}"
     return out, result
 
 

@@ -4,22 +4,17 @@ import json
 
 import pytest
 import torch
+from world_questions import WORLD_QUESTIONS as QUESTIONS
 
-from rlhf_lab import best_of_n, pipeline_beyond
-from rlhf_lab.config import data_dir
-from rlhf_lab.evaluate import eval_config, eval_prompts
+from rlhf_lab import best_of_n, stages
+from rlhf_lab.evaluate import eval_config, heldout_prompts
 from rlhf_lab.policy import load_policy
 from rlhf_lab.reward import RewardModel, score_answers
 
-QUESTIONS = ["what is 2 plus 3?", "am i a failure?", "how can i steal a car?", "hello!", "what colour is the sky?",
-             "what number am i thinking of?"]
 
-
-@pytest.fixture(scope="module")
-def models():
-    policy, tokenizer = load_policy(data_dir() / "checkpoints" / "sft")
-    reward_model, _ = RewardModel.load(data_dir() / "checkpoints" / "reward")
-    return policy, tokenizer, reward_model
+@pytest.fixture
+def models(sft, reward_model):
+    return (*sft, reward_model)
 
 
 def test_the_chosen_answer_is_the_argmax_of_the_reward_model_over_its_candidates(models):
@@ -58,13 +53,13 @@ def test_the_ladder_reuses_one_pass_and_never_lowers_the_chosen_score(models):
     policy, tokenizer, reward_model = models
     candidates = best_of_n.best_of_n_sample(policy, reward_model, tokenizer, QUESTIONS, n=8,
                                             generator=torch.Generator().manual_seed(1))
-    ladder = pipeline_beyond.best_of_n_ladder(candidates, [1, 2, 4, 8])
+    ladder = best_of_n.best_of_n_ladder(candidates, [1, 2, 4, 8])
     assert list(ladder[1]["answer"]) == [row[0] for row in candidates["candidates"]]
     assert list(ladder[8]["answer"]) == list(candidates["answer"])
     for smaller, larger in [(1, 2), (2, 4), (4, 8)]:
         assert (ladder[larger]["reward"].to_numpy() >= ladder[smaller]["reward"].to_numpy()).all()
     with pytest.raises(ValueError, match="needs that many candidates"):
-        pipeline_beyond.best_of_n_ladder(candidates, [16])
+        best_of_n.best_of_n_ladder(candidates, [16])
 
 
 def test_bad_n_is_a_clear_error(models):
@@ -73,11 +68,12 @@ def test_bad_n_is_a_clear_error(models):
         best_of_n.best_of_n_sample(policy, reward_model, tokenizer, QUESTIONS, n=0)
 
 
-def test_the_stage_writes_its_folder_and_evaluate_answers_with_best_of_n_from_it(tmp_path):
-    shipped = data_dir() / "checkpoints"
+@pytest.mark.slow
+def test_the_stage_writes_its_folder_and_evaluate_answers_with_best_of_n_from_it(tmp_path, shipped):
     out = tmp_path / "bon"
-    metrics = pipeline_beyond.best_of_n_stage(out, "ci", shipped / "sft", shipped / "reward", n=4, progress=False)
-    settings = json.loads((out / pipeline_beyond.BEST_OF_N_FILE).read_text())
+    metrics = stages.best_of_n_stage(out, scale="ci", policy_dir=shipped / "sft", reward_dir=shipped / "reward", n=4,
+                                     progress=False)
+    settings = json.loads((out / stages.BEST_OF_N_FILE).read_text())
     assert settings["n"] == 4 and settings["reward"] == str((shipped / "reward").resolve())
     history = (out / "history.csv").read_text().splitlines()
     assert history[0].startswith("n,kl,reward,true_score") and len(history) == 1 + 3  # n = 1, 2, 4
@@ -86,10 +82,10 @@ def test_the_stage_writes_its_folder_and_evaluate_answers_with_best_of_n_from_it
     # No policy weights in the folder: evaluating it must go through best-of-n sampling.
     assert not (out / "config.json").exists()
     cfg = eval_config("ci", seed=4321)
-    prompts = eval_prompts(cfg)[:12]
-    judged = pipeline_beyond.sample_and_judge_output(out, prompts, cfg)
+    prompts, families = heldout_prompts(cfg)
+    judged = stages.measure_output(out, prompts[:12], families[:12], cfg)
     policy, tokenizer = load_policy(shipped / "sft")
     reward_model, _ = RewardModel.load(shipped / "reward")
-    expected = best_of_n.best_of_n_sample(policy, reward_model, tokenizer, [p["prompt"] for p in prompts], 4,
+    expected = best_of_n.best_of_n_sample(policy, reward_model, tokenizer, prompts[:12], 4,
                                           generator=torch.Generator().manual_seed(4321))
     assert list(judged["answer"]) == list(expected["answer"])

@@ -41,7 +41,7 @@ def require_browser():
 def test_clicking_a_is_better_in_jupyterlab_saves_the_label(tmp_path, require_browser):
     store_path = tmp_path / "labels.jsonl"
     cells = [
-        "from rlhf_lab.preferences import PreferenceStore\nfrom rlhf_lab.widgets import PairwiseLabeler",
+        "from rlhf_lab.preferences import PreferenceStore\nfrom rlhf_lab.labelling_widgets import PairwiseLabeler",
         f"labeler = PairwiseLabeler({ITEMS!r}, PreferenceStore({str(store_path)!r}))\nlabeler",
     ]
     (tmp_path / "label.ipynb").write_text(json.dumps(notebook(cells)))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rlhf_lab import colab
+from rlhf_lab import colab, maintain
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -22,32 +22,32 @@ def test_there_are_lessons():
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_each_lesson_starts_with_the_badge_and_the_install_cell_from_the_one_address(path):
     cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
-    expected = colab.colab_cells(path)
+    expected = maintain.colab_cells(path)
     for cell, want in zip(cells[:2], expected):
         assert cell["cell_type"] == want["cell_type"]
         assert "".join(cell["source"]) == "".join(want["source"]), (
-            f"{path.name} is out of date with rlhf_lab/colab.py: run  python -m rlhf_lab colab")
+            f"{path.name} is out of date with rlhf_lab/colab.py: run  python -m rlhf_lab.maintain colab")
     assert colab.colab_url(path) == (f"https://colab.research.google.com/github/{colab.REPOSITORY}/blob/"
                                      f"{colab.BRANCH}/notebooks/{path.name}")
 
 
 def test_the_readme_has_a_badge_per_lesson_and_the_same_address():
     readme = (REPO / "README.md").read_text(encoding="utf-8")
-    assert colab.readme_badges(NOTEBOOKS) in readme, "run  python -m rlhf_lab colab"
+    assert maintain.readme_badges(NOTEBOOKS) in readme, "run  python -m rlhf_lab.maintain colab"
     assert f"git clone {colab.repository_url()}" in readme
 
 
 def test_the_colab_command_changes_nothing_when_up_to_date(tmp_path, monkeypatch):
     notebook = tmp_path / NOTEBOOKS[0].name
     notebook.write_text(NOTEBOOKS[0].read_text(encoding="utf-8"), encoding="utf-8")
-    assert not colab.write_notebook_cells(notebook)
+    assert not maintain.write_notebook_cells(notebook)
     cells = json.loads(notebook.read_text())["cells"]
     cells[1]["source"] = ["# On Colab only: an older install cell\n"]
     cells.pop(0)  # and no badge
     notebook.write_text(json.dumps({**json.loads(notebook.read_text()), "cells": cells}, indent=1))
-    assert colab.write_notebook_cells(notebook)
+    assert maintain.write_notebook_cells(notebook)
     rewritten = json.loads(notebook.read_text())["cells"]
-    assert [c["source"] for c in rewritten[:2]] == [c["source"] for c in colab.colab_cells(notebook)]
+    assert [c["source"] for c in rewritten[:2]] == [c["source"] for c in maintain.colab_cells(notebook)]
     assert rewritten[2:] == cells[1:], "the lesson's own cells are kept, in order"
 
 

@@ -6,12 +6,14 @@ import pytest
 
 from rlhf_lab import data, world
 from rlhf_lab.jsonl import DataFormatError
+from rlhf_lab.judge import judge
 
 
 def test_shipped_corpora_are_exactly_what_the_generator_makes(tmp_path):
     paths = data.generate_corpora(tmp_path)
     for name, path in paths.items():
-        assert filecmp.cmp(path, data.world_file(name), shallow=False), f"{name}.jsonl differs: run `python -m rlhf_lab data`"
+        assert filecmp.cmp(path, data.world_file(name), shallow=False), \
+            f"{name}.jsonl differs: run `python -m rlhf_lab data`"
 
 
 def test_a_different_seed_gives_different_data(tmp_path):
@@ -27,7 +29,7 @@ def test_sft_demonstrations_leave_gaps_and_carry_a_few_mistakes():
     rows = data.load_dialogues(data.world_file("sft"))
     families = {row["family"] for row in rows}
     assert families.isdisjoint(data.SFT_UNCOVERED_FAMILIES)
-    flawed = [row for row in rows if world.judge(row["prompt"], row["completion"]).flawed]
+    flawed = [row for row in rows if judge(row["prompt"], row["completion"]).flawed]
     assert 0.01 < len(flawed) / len(rows) < 0.1
 
 

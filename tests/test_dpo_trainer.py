@@ -160,7 +160,7 @@ def test_a_nan_stops_training_naming_the_step(sft):
     with torch.no_grad():
         next(reference.parameters()).fill_(float("nan"))
     cfg = dpo.DPOConfig(max_steps=2, eval_every=100, heldout_fraction=0.2)
-    with pytest.raises(FloatingPointError, match="step 0"):
+    with pytest.raises(FloatingPointError, match="step 0: the reference.s chosen log-probs is nan"):
         dpo.train_dpo(policy, reference, tokenizer, make_pairs(), cfg, progress=False)
 
 

@@ -10,11 +10,12 @@ import pandas as pd
 import pytest
 
 from rlhf_lab import evaluate, world
+from rlhf_lab.judge import FLAWED_THRESHOLD
 
 
 def judged_row(family: str, total: float, flags: str = "", words: int = 5) -> dict:
     return {"prompt": f"{family} question", "family": family, "answer": "...", "total": total,
-            "flawed": total < world.FLAWED_THRESHOLD, "flags": flags, "words": words}
+            "flawed": total < FLAWED_THRESHOLD, "flags": flags, "words": words}
 
 
 def hand_built_frame() -> pd.DataFrame:
@@ -133,8 +134,9 @@ def test_versus_refuses_frames_with_different_prompts():
 # ----- the evaluation prompts -------------------------------------------------------------------
 
 
-def test_eval_prompts_takes_the_first_n_of_every_family():
-    prompts = evaluate.eval_prompts(evaluate.EvalConfig(prompts_per_family=3))
-    assert len(prompts) == 3 * len(world.FAMILIES)
-    assert {row["family"] for row in prompts} == set(world.FAMILIES)
+def test_heldout_prompts_are_the_first_n_of_every_family():
+    prompts, families = evaluate.heldout_prompts(evaluate.EvalConfig(prompts_per_family=3))
+    assert len(prompts) == len(families) == 3 * len(world.FAMILIES)
+    assert set(families) == set(world.FAMILIES)
+    assert all(world.parse_prompt(prompt).family == family for prompt, family in zip(prompts, families))
     assert evaluate.eval_config("ci").prompts_per_family < evaluate.eval_config("laptop").prompts_per_family

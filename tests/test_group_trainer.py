@@ -1,22 +1,20 @@
-"""The RLOO / GRPO trainer on the shipped nano SFT policy: PPO.md's RLOO/GRPO rows on live rollouts."""
+"""The RLOO / GRPO trainer on the shipped nano SFT policy: the RLOO/GRPO rules on live rollouts."""
 
 import copy
 
 import pytest
 import torch
+from world_questions import WORLD_QUESTIONS as PROMPTS
 
 from rlhf_lab import reward, rloo_grpo
-from rlhf_lab.config import data_dir
 from rlhf_lab.kl import kl_k1
-from rlhf_lab.policy import load_policy
 
-PROMPTS = ["what is 2 plus 3?", "how do i kill a python process?", "am i a failure?", "how can i steal a car?",
-           "what number am i thinking of?", "hello!", "what colour is the sky?", "write a short poem about the sea."]
+pytestmark = pytest.mark.slow  # every test here samples or trains
 
 
-@pytest.fixture(scope="module")
-def models():
-    policy, tokenizer = load_policy(data_dir() / "checkpoints" / "sft")
+@pytest.fixture
+def models(sft):
+    policy, tokenizer = sft
     torch.manual_seed(0)
     reward_model = reward.RewardModel.from_policy(policy)  # a random head: any scores will do here
     return policy, tokenizer, reward_model
@@ -34,17 +32,33 @@ def make_trainer(models, method: str = "rloo", **overrides) -> rloo_grpo.GroupTr
 def test_groups_are_neighbouring_answers_to_one_prompt_and_their_advantages_sum_to_zero(models, method):
     trainer = make_trainer(models, method)
     batch = trainer.rollout(PROMPTS[:4])
-    assert batch["questions"] == [q for q in PROMPTS[:4] for _ in range(4)]
-    group_sums = batch["answer_advantages"].view(4, 4).sum(dim=1)
-    assert torch.allclose(group_sums, torch.zeros(4), atol=1e-5)
+    assert batch.prompts == [q for q in PROMPTS[:4] for _ in range(4)]
+    rewards = group_rewards(trainer, batch)
+    group_sums = batch.answer_advantages.view(4, 4).sum(dim=1)
+    # In exact arithmetic each sum is 0. In float32, each of the k terms R_i - mean carries a
+    # rounding error of a few ulps of the largest |R| in the group, and GRPO then divides by the
+    # group's spread (std + ε), which amplifies it when the answers score alike. So the tolerance
+    # is a few ulps of the terms, scaled like the advantages themselves -- not one CPU's result.
+    k, ulp = 4, torch.finfo(torch.float32).eps
+    spread = rewards.std(dim=1) + 1e-4 if method == "grpo" else torch.ones(4)
+    tolerance = 4 * k * ulp * rewards.abs().amax(dim=1) / spread
+    assert (group_sums.abs() <= tolerance).all(), (group_sums, tolerance)
     # Every real token of an answer carries its answer's advantage; pads carry 0.
-    mask = batch["mask"].bool()
-    expected = torch.where(mask, batch["answer_advantages"][:, None], 0.0)
-    assert torch.equal(batch["advantages"], expected)
+    mask = batch.mask.bool()
+    expected = torch.where(mask, batch.answer_advantages[:, None], 0.0)
+    assert torch.equal(batch.advantages, expected)
 
 
 def penalised_scores(trainer, batch) -> torch.Tensor:
-    return torch.where(batch["finished"], batch["scores"], batch["scores"] + trainer.cfg.missing_end_penalty)
+    return torch.where(batch.finished, batch.scores, batch.scores + trainer.cfg.missing_end_penalty)
+
+
+def group_rewards(trainer, batch) -> torch.Tensor:
+    """The (prompts, k) rewards the group baseline compared: the KL is in them for RLOO only."""
+    rewards = penalised_scores(trainer, batch)
+    if trainer.cfg.kl_placement == "reward":
+        rewards = rewards - trainer.cfg.beta * batch.kl
+    return rewards.view(-1, trainer.cfg.group_size)
 
 
 def test_rloo_puts_the_kl_into_the_reward_before_the_leave_one_out_baseline(models):
@@ -53,13 +67,13 @@ def test_rloo_puts_the_kl_into_the_reward_before_the_leave_one_out_baseline(mode
         for parameter in trainer.policy.parameters():
             parameter.add_(0.05 * torch.randn(parameter.shape, generator=torch.Generator().manual_seed(1)))
     batch = trainer.rollout(PROMPTS[:4])
-    assert not batch["finished"].all(), "the missing-end penalty needs an unfinished answer to matter"
-    kl = torch.where(batch["mask"].bool(), kl_k1(batch["logprobs"], batch["ref_logprobs"]), 0.0).sum(dim=1)
+    assert not batch.finished.all(), "the missing-end penalty needs an unfinished answer to matter"
+    kl = torch.where(batch.mask.bool(), kl_k1(batch.logprobs, batch.ref_logprobs), 0.0).sum(dim=1)
     assert kl.abs().max() > 0.01
     rewards = (penalised_scores(trainer, batch) - 0.5 * kl).view(4, 4)
     # A_i = R_i - mean of the other k - 1 rewards, written out.
     expected = torch.stack([rewards[:, i] - (rewards.sum(dim=1) - rewards[:, i]) / 3 for i in range(4)], dim=1)
-    assert torch.allclose(batch["answer_advantages"], expected.reshape(-1), atol=1e-5)
+    assert torch.allclose(batch.answer_advantages, expected.reshape(-1), atol=1e-5)
 
 
 def test_grpo_standardises_the_scores_and_keeps_the_kl_out_of_them(models):
@@ -70,7 +84,7 @@ def test_grpo_standardises_the_scores_and_keeps_the_kl_out_of_them(models):
     batch = trainer.rollout(PROMPTS[:4])
     rewards = penalised_scores(trainer, batch).view(4, 4)
     expected = (rewards - rewards.mean(dim=1, keepdim=True)) / (rewards.std(dim=1, keepdim=True) + 1e-4)
-    assert torch.allclose(batch["answer_advantages"], expected.reshape(-1), atol=1e-5)
+    assert torch.allclose(batch.answer_advantages, expected.reshape(-1), atol=1e-5)
     assert trainer.cfg.kl_placement == "loss"
 
 
@@ -78,13 +92,13 @@ def test_a_group_of_identical_answers_gets_zero_advantages_not_nan(models):
     # Greedy-like sampling (a tiny temperature) makes the k answers to one prompt identical.
     for method in ("rloo", "grpo"):
         batch = make_trainer(models, method, temperature=1e-4).rollout(PROMPTS[:2])
-        assert batch["flat_groups"] == 1.0
-        assert not batch["answer_advantages"].isnan().any()
+        assert batch.flat_groups == 1.0
+        assert not batch.answer_advantages.isnan().any()
         # GRPO tests the spread itself and returns exact zeros; RLOO's R_i - mean of the others
         # is 0 up to rounding.
-        assert torch.allclose(batch["answer_advantages"], torch.zeros(8), atol=1e-6)
+        assert torch.allclose(batch.answer_advantages, torch.zeros(8), atol=1e-6)
         if method == "grpo":
-            assert torch.equal(batch["answer_advantages"], torch.zeros(8))
+            assert torch.equal(batch.answer_advantages, torch.zeros(8))
 
 
 @pytest.mark.parametrize("method", ["rloo", "grpo"])

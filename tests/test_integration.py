@@ -3,7 +3,7 @@
 import json
 
 from rlhf_lab.config import data_dir
-from rlhf_lab.pipeline import run_pipeline
+from rlhf_lab.stages import run_pipeline
 
 
 def test_pipeline_improves_the_simulated_humans_score(tmp_path):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rlhf_lab.jsonl import DataFormatError, iter_jsonl, read_jsonl, read_jsonl_lenient, write_jsonl
+from rlhf_lab.jsonl import DataFormatError, iter_jsonl, read_jsonl, write_jsonl
 
 SFT_FIELDS = {"prompt": str, "answer": str}
 
@@ -32,10 +32,11 @@ def test_round_trip_keeps_records_order_and_unicode(tmp_path):
 
 
 def test_blank_lines_are_skipped_and_do_not_shift_line_numbers(tmp_path):
-    path = write_lines(tmp_path / "sft.jsonl", "", '{"prompt": "a", "answer": "b"}', "  ", '{"prompt": "c", "answer": "d"}', "")
+    path = write_lines(tmp_path / "sft.jsonl", "", '{"prompt": "a", "answer": "b"}', "  ",
+                       '{"prompt": "c", "answer": "d"}', "")
     assert read_jsonl(path, SFT_FIELDS) == [{"prompt": "a", "answer": "b"}, {"prompt": "c", "answer": "d"}]
-    assert read_jsonl_lenient(path, SFT_FIELDS) == (read_jsonl(path, SFT_FIELDS), [])
-    path = write_lines(tmp_path / "sft.jsonl", '{"prompt": "a", "answer": "b"}', "", "   ", '{"prompt": "c", "answer": 3}')
+    path = write_lines(tmp_path / "sft.jsonl", '{"prompt": "a", "answer": "b"}', "", "   ",
+                       '{"prompt": "c", "answer": 3}')
     with pytest.raises(DataFormatError) as caught:
         read_jsonl(path, SFT_FIELDS)
     assert caught.value.line == 4  # the line number an editor shows
@@ -64,7 +65,8 @@ def test_invalid_json_names_line_and_column(tmp_path):
 
 def test_line_that_is_not_an_object(tmp_path):
     path = write_lines(tmp_path / "sft.jsonl", '["a", "b"]')
-    with pytest.raises(DataFormatError, match=r"sft\.jsonl, line 1: expected a JSON object \{\.\.\.\}, got \[\"a\", \"b\"\]"):
+    expected = r"sft\.jsonl, line 1: expected a JSON object \{\.\.\.\}, got \[\"a\", \"b\"\]"
+    with pytest.raises(DataFormatError, match=expected):
         read_jsonl(path)
 
 
@@ -118,8 +120,6 @@ def test_missing_file_names_the_path(tmp_path):
         read_jsonl(missing)
     with pytest.raises(FileNotFoundError, match="sft\\.jsonl"):
         iter_jsonl(missing)  # raised on the call, not at the first next()
-    with pytest.raises(FileNotFoundError, match="sft\\.jsonl"):
-        read_jsonl_lenient(missing)
 
 
 def test_iter_jsonl_streams_records_before_the_bad_line(tmp_path):
@@ -128,21 +128,6 @@ def test_iter_jsonl_streams_records_before_the_bad_line(tmp_path):
     assert next(records) == {"prompt": "a", "answer": "b"}
     with pytest.raises(DataFormatError, match="line 2"):
         next(records)
-
-
-def test_lenient_reader_keeps_every_good_line_and_reports_each_bad_one(tmp_path):
-    path = write_lines(
-        tmp_path / "labels.jsonl",
-        '{"prompt": "a", "answer": "b"}',
-        '{"prompt": "c"}',
-        "{truncated",
-        '{"prompt": "d", "answer": "e"}',
-        "42",
-    )
-    records, errors = read_jsonl_lenient(path, SFT_FIELDS)
-    assert records == [{"prompt": "a", "answer": "b"}, {"prompt": "d", "answer": "e"}]
-    assert [(error.line, error.field) for error in errors] == [(2, "answer"), (3, None), (5, None)]
-    assert all(str(path) in str(error) for error in errors)
 
 
 def test_error_survives_pickling(tmp_path):

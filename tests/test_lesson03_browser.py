@@ -34,7 +34,7 @@ PAIRWISE = ".rlhf-pairwise-labeler"
 def shown_answer(page, heading: str) -> str:
     """The text of one answer box of the pairwise widget ("Answer A" / "Answer B"), without its heading.
 
-    The box is `<div><b>Answer A</b><br>the answer</div>` (see rlhf_lab.widgets); waits until it is filled.
+    The box is `<div><b>Answer A</b><br>the answer</div>` (see rlhf_lab.labelling_widgets); waits until it is filled.
     """
     box = page.locator(f"{PAIRWISE} b", has_text=heading).first.locator("xpath=..")
     return wait_until(lambda: (box.text_content() or "").removeprefix(heading).strip(), 60, f"the text of {heading}")

@@ -77,7 +77,8 @@ def test_dpo_trainer_splits_prompt_and_answers_like_ours(sft_policy, tmp_path):
 
 
 def test_one_prompt_per_generation_batch_is_a_valid_rloo_config(tmp_path):
-    # The lesson gives each RLOO generation batch a single prompt (no left padding, see PPO.md rule 3)
+    # The lesson gives each RLOO generation batch a single prompt (no left padding: rule 3 of
+    # docs/implementation_rules.md)
     # and accumulates gradients over 8 of them.
     config = trl.RLOOConfig(num_generations=4, generation_batch_size=4, per_device_train_batch_size=4,
                             gradient_accumulation_steps=8, **cpu_settings(tmp_path))

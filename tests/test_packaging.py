@@ -63,7 +63,8 @@ def test_environment_yml_names_the_same_packages_and_ranges_as_pyproject():
         f"only in pyproject.toml: {sorted(set(pypi) - set(conda))}"
     )
     for name in pypi:
-        assert conda[name] == pypi[name], f"{name}: environment.yml says {conda[name]}, pyproject.toml says {pypi[name]}"
+        assert conda[name] == pypi[name], \
+            f"{name}: environment.yml says {conda[name]}, pyproject.toml says {pypi[name]}"
 
 
 def test_environment_python_and_pip_section():
@@ -87,7 +88,8 @@ def test_one_pytest_command_collects_unit_tests_and_notebooks_with_ci_defaults(t
     # A one-cell notebook next to a real test file: both must be collected under the repo's config,
     # and the root conftest.py must set the ci defaults the notebook kernels inherit.
     notebook = {
-        "cells": [{"cell_type": "code", "id": "c0", "execution_count": None, "metadata": {}, "outputs": [], "source": ["1 + 1"]}],
+        "cells": [{"cell_type": "code", "id": "c0", "execution_count": None, "metadata": {}, "outputs": [],
+                   "source": ["1 + 1"]}],
         "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
         "nbformat": 4,
         "nbformat_minor": 5,

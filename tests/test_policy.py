@@ -1,6 +1,6 @@
 """Tiny GPT policies: presets, save/load, logits alignment, padding, temperature, generation.
 
-These are the rows of PPO.md's bug-catching table that live in `rlhf_lab.policy`. Two small models
+These are the tests of docs/implementation_rules.md that live in `rlhf_lab.policy`. Two small models
 make them possible in seconds:
 
 - `trained_model`: a nano GPT overfit on a handful of dialogues, so it answers deterministically
@@ -11,7 +11,6 @@ make them possible in seconds:
 """
 
 import copy
-import math
 
 import pytest
 import torch
@@ -31,7 +30,6 @@ from rlhf_lab.policy import (
     response_logits,
     response_logprobs,
     save_policy,
-    token_entropy,
 )
 from rlhf_lab.tokenizer import build_tokenizer, format_dialogue, format_prompt
 
@@ -165,7 +163,8 @@ def test_save_load_round_trip_writes_only_safetensors_and_keeps_the_logits(train
         plain = AutoModelForCausalLM.from_pretrained(tmp_path)
         assert torch.allclose(forward(plain, input_ids, mask), expected, atol=1e-6)
     assert not model.training
-    assert reloaded_tokenizer.encode(format_dialogue("hi", "hello!")) == tokenizer.encode(format_dialogue("hi", "hello!"))
+    dialogue = format_dialogue("hi", "hello!")
+    assert reloaded_tokenizer.encode(dialogue) == tokenizer.encode(dialogue)
     assert reloaded_tokenizer.pad_token_id == tokenizer.pad_token_id
 
 
@@ -225,7 +224,7 @@ def test_a_padded_batch_gives_each_row_its_unpadded_logprobs(position_sensitive_
             assert torch.allclose(logits[row, -alone_ids.shape[1] :], alone[0], atol=1e-4)
 
 
-# ----- logits alignment (PPO.md rule 1) ----------------------------------------------------------
+# ----- logits alignment (rule 1) ----------------------------------------------------------
 
 
 def test_response_logprobs_use_the_logits_one_position_earlier(trained_model, tokenizer):
@@ -255,18 +254,6 @@ def test_response_logits_and_logprobs_agree(trained_model, tokenizer):
         logprobs = response_logprobs(trained_model, input_ids, mask, context, temperature=0.7)
     expected = F.log_softmax(logits, dim=-1).gather(-1, input_ids[:, context:, None])[..., 0]
     assert torch.allclose(logprobs, expected)
-
-
-def test_token_entropy():
-    uniform = torch.zeros(2, 3, 10)
-    assert torch.allclose(token_entropy(uniform), torch.full((2, 3), math.log(10)))
-    certain = torch.tensor([[100.0, 0.0, 0.0]])
-    assert token_entropy(certain).item() < 1e-6
-    probs = torch.tensor([0.5, 0.25, 0.25])
-    assert math.isclose(token_entropy(probs.log()).item(), 1.5 * math.log(2), rel_tol=1e-6)
-
-
-# ----- temperature (PPO.md rule 2) ---------------------------------------------------------------
 
 
 def test_kl_between_a_policy_and_a_copy_of_itself_is_zero_at_the_sampling_temperature(trained_model, tokenizer):
@@ -330,7 +317,8 @@ def test_generation_stops_at_the_end_token_and_pads_after_it(trained_model, toke
 
 
 def test_unfinished_responses_are_flagged_and_fully_masked_in(trained_model, tokenizer):
-    rollout = generate(trained_model, tokenizer, ["am i a failure?", "what is 7 plus 5?"], max_new_tokens=3, temperature=0)
+    rollout = generate(trained_model, tokenizer, ["am i a failure?", "what is 7 plus 5?"], max_new_tokens=3,
+                       temperature=0)
     assert rollout.finished.tolist() == [False, True]
     assert rollout.response_mask.tolist() == [[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]]  # "12", ".", end
     assert rollout.texts == ["no, you", "12."]
@@ -363,7 +351,8 @@ def test_same_generator_seed_gives_the_same_samples(trained_model, tokenizer):
     questions = [COLOUR_QUESTION] * 20 + ["hi"] * 5
 
     def sample(seed: int) -> Rollout:
-        return generate(trained_model, tokenizer, questions, temperature=1.0, generator=torch.Generator().manual_seed(seed))
+        return generate(trained_model, tokenizer, questions, temperature=1.0,
+                        generator=torch.Generator().manual_seed(seed))
 
     first, again, other = sample(0), sample(0), sample(1)
     assert torch.equal(first.response_ids, again.response_ids) and first.texts == again.texts
@@ -385,7 +374,8 @@ def test_cached_generation_agrees_with_a_full_forward_pass(position_sensitive_mo
     questions = ["hi", "what is the capital of france?"]
     rollout = generate(position_sensitive_model, tokenizer, questions, max_new_tokens=12, temperature=0)
     with torch.no_grad():
-        logits = response_logits(position_sensitive_model, rollout.input_ids, rollout.attention_mask, rollout.context_length)
+        logits = response_logits(position_sensitive_model, rollout.input_ids, rollout.attention_mask,
+                                 rollout.context_length)
     real = rollout.response_mask.bool()
     assert torch.equal(logits.argmax(dim=-1)[real], rollout.response_ids[real])
 

@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from rlhf_lab.masked import masked_mean
-from rlhf_lab.ppo import entropy_from_logits, explained_variance, gae, minibatch_indices, ppo_policy_loss, ppo_value_loss
+from rlhf_lab.ppo import (
+    entropy_from_logits,
+    explained_variance,
+    gae,
+    minibatch_indices,
+    ppo_policy_loss,
+    ppo_value_loss,
+)
 
 # Right padding of varied lengths: 4, 2, 6 and 1 real tokens.
 MASK = torch.tensor(
@@ -260,4 +267,4 @@ def test_minibatches_cover_every_row_once_per_epoch_in_a_fresh_order():
     assert [len(index) for index in minibatches] == [4, 4, 2] * 3
     epochs = [sum(minibatches[i:i + 3], []) for i in (0, 3, 6)]
     assert all(sorted(epoch) == list(range(10)) for epoch in epochs)
-    assert epochs[0] != epochs[1] or epochs[1] != epochs[2], "a fresh permutation each epoch (PPO.md rule 12)"
+    assert epochs[0] != epochs[1] or epochs[1] != epochs[2], "a fresh permutation each epoch (rule 12)"

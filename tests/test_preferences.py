@@ -112,7 +112,7 @@ def test_store_round_trip(tmp_path):
     assert reopened.records == records
     assert reopened.errors == []
     first = records[0]
-    assert reopened.pairs()[0] == {"prompt": first.prompt, "chosen": first.chosen, "rejected": first.rejected}
+    assert (reopened.records[0].prompt, reopened.records[0].chosen) == (first.prompt, first.chosen)
     frame = reopened.to_dataframe()
     assert list(frame["chosen"]) == [record.chosen for record in records]
     assert {"prompt", "chosen", "rejected", "source", "annotator", "time", "tie", "ranking", "id"} <= set(frame.columns)
@@ -165,13 +165,15 @@ def test_undo_of_a_whole_ranking_is_one_line(tmp_path):
     assert len(PreferenceStore(path)) == 0
 
 
-def test_pairs_leave_out_ties_unless_asked(tmp_path):
+def test_training_pairs_leave_out_ties_and_weight_the_learner(tmp_path):
+    from rlhf_lab.reward import pairs_from_records
+
     store = PreferenceStore(tmp_path / "prefs.jsonl")
     store.add(make_record(1))
     store.add(make_record(2, tie=True))
-    assert [pair["prompt"] for pair in store.pairs()] == [make_record(1).prompt]
-    with_ties = store.pairs(include_ties=True)
-    assert [pair["tie"] for pair in with_ties] == [False, True]
+    pairs = pairs_from_records(PreferenceStore(store.path).records, learner_weight=2.0)
+    assert [pair["prompt"] for pair in pairs] == [make_record(1).prompt]
+    assert pairs[0]["weight"] == (2.0 if make_record(1).source == "human" else 1.0)
 
 
 def test_labelled_keys_ignore_answer_order_and_include_rankings(tmp_path):

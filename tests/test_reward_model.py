@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from rlhf_lab import labelling, reward, world
+from rlhf_lab import labelling, reward, reward_analysis, world
 from rlhf_lab.config import data_dir
+from rlhf_lab.judge import SimulatedLabeller, noise_ceiling
 from rlhf_lab.policy import load_policy
 from rlhf_lab.preferences import PreferenceRecord
 
@@ -33,7 +34,8 @@ def test_score_is_read_at_the_last_real_token_whatever_the_padding(sft, reward_m
     answers = ["2 plus 2 is 4.", "i can not help with that, because it could hurt people."]
     ids, mask = reward.encode_answers(tokenizer, prompts, answers, "cpu")  # left-padded
     batched = reward_model(ids, mask)
-    alone = torch.stack([reward_model(*reward.encode_answers(tokenizer, [p], [a], "cpu"))[0] for p, a in zip(prompts, answers)])
+    alone = torch.stack([reward_model(*reward.encode_answers(tokenizer, [p], [a], "cpu"))[0]
+                         for p, a in zip(prompts, answers)])
     assert torch.allclose(batched, alone, atol=1e-5)
     # Right padding (as in a rollout: response then pads) gives the same score too.
     row = ids[0][mask[0].bool()]
@@ -48,7 +50,7 @@ def test_normalise_gives_mean_zero_std_one(sft, reward_model):
     prompts = ["what is 2 plus 2?", "am i a failure?", "hello!", "what colour is the sky?"] * 4
     answers = ["it is 4.", "you are not a failure.", "hello! how can i help?", "it is blue.",
                "i do not know.", "yes.", "hi.", "the sky is green."] * 2
-    reward.normalise(reward_model, tokenizer, prompts, answers)
+    reward.normalise_to_policy(reward_model, tokenizer, prompts, answers)
     scores = reward.score_answers(reward_model, tokenizer, prompts, answers)
     assert abs(scores.mean().item()) < 1e-4 and abs(scores.std().item() - 1) < 1e-4
 
@@ -89,13 +91,13 @@ def test_training_learns_the_simulated_humans_preferences(sft):
     for _ in range(300):
         prompt = world.sample_prompt(rng)
         candidates.append((prompt.text, [world.respond(prompt, style, rng) for style in rng.sample(world.STYLES, 3)]))
-    records = labelling.simulate_labels(candidates, world.Annotator(temperature=0.25), seed=0)
+    records = labelling.simulate_labels(candidates, SimulatedLabeller(temperature=0.25), seed=0)
     pairs = reward.pairs_from_records(records, learner_weight=2.0)
     train, heldout = reward.split_by_prompt(pairs, 0.2, seed=0)
     torch.manual_seed(0)
     reward_model = reward.RewardModel.from_policy(model)
     reward.train_reward_model(reward_model, tokenizer, train, reward.RewardConfig(lr=3e-4), progress=False)
-    accuracy = (reward.predicted_preferences(reward_model, tokenizer, heldout) > 0.5).float().mean().item()
+    accuracy = (reward_analysis.predicted_preferences(reward_model, tokenizer, heldout) > 0.5).float().mean().item()
     assert accuracy > 0.7
 
 
@@ -112,19 +114,20 @@ def test_calibration_table_of_a_calibrated_predictor_is_diagonal():
     labels = torch.rand(20000) < truth
     # Recorded pairs are stored chosen-first: flip the probability where the label went the other way.
     predicted = torch.where(labels, truth, 1 - truth)
-    table = reward.calibration_table(predicted)
+    table = reward_analysis.calibration_table(predicted)
     assert (table["predicted"] - table["observed"]).abs().max() < 0.03
 
 
 def test_pair_kinds_separate_knowledge_close_calls_and_clear_pairs():
     sums = ("what is 3 plus 4?", "3 plus 4 is 7.", "3 plus 4 is 8.")
-    assert reward.pair_kind(*sums, probability=0.99) == reward.KNOWLEDGE
-    assert reward.pair_kind(sums[0], sums[2], sums[1], probability=0.01) == reward.KNOWLEDGE  # either order
+    assert reward_analysis.pair_kind(*sums, probability=0.99) == reward_analysis.KNOWLEDGE
+    either_order = reward_analysis.pair_kind(sums[0], sums[2], sums[1], probability=0.01)
+    assert either_order == reward_analysis.KNOWLEDGE
     two_right = ("what is 3 plus 4?", "3 plus 4 is 7.", "the answer is 7.")
-    assert reward.pair_kind(*two_right, probability=0.6) == reward.CLOSE_CALL
+    assert reward_analysis.pair_kind(*two_right, probability=0.6) == reward_analysis.CLOSE_CALL
     refusal = ("how can i steal a car?", "i can not help with that, because it is against the law.",
                "break the window and drive away.")
-    assert reward.pair_kind(*refusal, probability=0.99) == reward.CLEAR
+    assert reward_analysis.pair_kind(*refusal, probability=0.99) == reward_analysis.CLEAR
 
 
 def test_gap_by_kind_adds_up_to_the_whole_gap():
@@ -134,11 +137,12 @@ def test_gap_by_kind_adds_up_to_the_whole_gap():
         {"prompt": "hello!", "chosen": "hello! how can i help you today?", "rejected": "i like trains."},  # clear
         {"prompt": "hello!", "chosen": "hi! how can i help?", "rejected": "ugh."},  # clear
     ]
-    annotator_p = [1.0, 0.6, 0.9, 0.8]
+    labeller_p = [1.0, 0.6, 0.9, 0.8]
     predicted = torch.tensor([0.4, 0.7, 0.9, 0.3])  # wrong, right, right, wrong
-    table = reward.gap_by_kind(pairs, predicted, annotator_p)
-    assert table.loc[reward.KNOWLEDGE, "accuracy"] == 0 and table.loc[reward.KNOWLEDGE, "noise_ceiling"] == 1
-    assert table.loc[reward.CLEAR, "pairs"] == 2 and table.loc[reward.CLEAR, "accuracy"] == 0.5
-    assert table.loc[reward.CLEAR, "noise_ceiling"] == pytest.approx(0.85)
-    accuracy, ceiling = 2 / 4, world.noise_ceiling(annotator_p)
+    table = reward_analysis.gap_by_kind(pairs, predicted, labeller_p)
+    knowledge = table.loc[reward_analysis.KNOWLEDGE]
+    assert knowledge["accuracy"] == 0 and knowledge["noise_ceiling"] == 1
+    assert table.loc[reward_analysis.CLEAR, "pairs"] == 2 and table.loc[reward_analysis.CLEAR, "accuracy"] == 0.5
+    assert table.loc[reward_analysis.CLEAR, "noise_ceiling"] == pytest.approx(0.85)
+    accuracy, ceiling = 2 / 4, noise_ceiling(labeller_p)
     assert table["points_of_gap"].sum() == pytest.approx(100 * (ceiling - accuracy))

@@ -1,7 +1,7 @@
 """The labelling widgets, driven from Python by clicking their real Button objects.
 
 No torch here: this file also runs under ipywidgets 7.7.1 (Colab's version) in a second venv:
-    /work/main/.venv-colab/bin/python -m pytest tests/test_widgets.py -p no:nbval -q
+    .venv-colab/bin/python -m pytest tests/test_labelling_widgets.py -p no:nbval -q
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ from itertools import combinations
 import ipywidgets as widgets
 import pytest
 
+from rlhf_lab.labelling_widgets import PairwiseLabeler, RankLabeler, judge_agreement
 from rlhf_lab.preferences import PreferenceStore
-from rlhf_lab.widgets import PairwiseLabeler, RankLabeler, judge_agreement
+from rlhf_lab.reward import pairs_from_records
 
 ITEMS = [
     ("What is 2 plus 2?", "2 plus 2 is 4.", "I don't know."),
@@ -93,9 +94,10 @@ def test_pairwise_clicks_write_the_right_records(store):
     assert labeler.progress.value == 3 and labeler.progress.max == 4
     assert all(labeler.buttons[name].disabled for name in ("A", "B", "tie", "skip"))
     assert not labeler.buttons["undo"].disabled
-    assert store.pairs() == [  # ties stay out of the training pairs
-        {"prompt": ITEMS[0][0], "chosen": ITEMS[0][1], "rejected": ITEMS[0][2]},
-        {"prompt": ITEMS[1][0], "chosen": ITEMS[1][2], "rejected": ITEMS[1][1]},
+    training_pairs = pairs_from_records(store.records, learner_weight=2.0)  # ties stay out
+    assert [(p["prompt"], p["chosen"], p["rejected"]) for p in training_pairs] == [
+        (ITEMS[0][0], ITEMS[0][1], ITEMS[0][2]),
+        (ITEMS[1][0], ITEMS[1][2], ITEMS[1][1]),
     ]
 
 

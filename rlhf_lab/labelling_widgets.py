@@ -145,6 +145,24 @@ class _Labeler:
         show_agreement = self.judge_score is not None and self.reveal
         self.agreement_label.value = _agreement_message(self.agreement_rate) if show_agreement else ""
 
+    def undo(self) -> bool:
+        """Take back the last action of this session: its labels (a ranking's pairs all at once, with
+        one tombstone line) leave the store, and the item comes back."""
+        if not self._history:
+            self._message = "Nothing to undo in this session."
+            self._redraw()
+            return False
+        index, written_ids = self._history.pop()
+        self.store.undo(written_ids)
+        self._queue.insert(0, index)
+        self._message = "Undone: this item is back."
+        self._redraw()
+        return True
+
+    def _redraw(self) -> None:
+        """Show the current item, the progress and the message (each labeler draws its own)."""
+        raise NotImplementedError
+
     def _ipython_display_(self) -> None:
         from IPython.display import display
 
@@ -188,7 +206,7 @@ class PairwiseLabeler(_Labeler):
             "undo": _button("Undo", "rlhf-undo", lambda: self._click(self.undo), "warning"),
         }
         self._lay_out(widgets.HBox([self.answer_a_html, self.answer_b_html]), "rlhf-pairwise-labeler")
-        self._refresh()
+        self._redraw()
 
     # ----- state -----
 
@@ -244,20 +262,7 @@ class PairwiseLabeler(_Labeler):
         self._queue.pop(0)
         self._history.append((index, written_ids))
         self._message = self._verdict(choice, prompt, answer_a, answer_b)
-        self._refresh()
-
-    def undo(self) -> bool:
-        """Take back the last action of this session (the label is removed from the store)."""
-        if not self._history:
-            self._message = "Nothing to undo in this session."
-            self._refresh()
-            return False
-        index, written_ids = self._history.pop()
-        self.store.undo(written_ids)
-        self._queue.insert(0, index)
-        self._message = "Undone: this item is back."
-        self._refresh()
-        return True
+        self._redraw()
 
     def _verdict(self, choice: str, prompt: str, answer_a: str, answer_b: str) -> str:
         if choice == "skip":
@@ -277,7 +282,7 @@ class PairwiseLabeler(_Labeler):
 
     # ----- display -----
 
-    def _refresh(self) -> None:
+    def _redraw(self) -> None:
         n_labelled = self.n_labelled
         _set_progress(self.progress, self.progress_label, n_labelled, self.target)
         current = self.current_item
@@ -332,7 +337,7 @@ class RankLabeler(_Labeler):
             "undo": _button("Undo", "rlhf-undo", lambda: self._click(self.undo), "warning"),
         }
         self._lay_out(self.answers_box, "rlhf-rank-labeler")
-        self._show_item()
+        self._redraw()
 
     # ----- state -----
 
@@ -389,7 +394,7 @@ class RankLabeler(_Labeler):
         self._queue.pop(0)
         self._history.append((index, [record.id for record, is_new in zip(records, written) if is_new]))
         self._message = self._verdict(prompt, answers, ranking)
-        self._show_item()
+        self._redraw()
         return True
 
     def skip(self) -> None:
@@ -397,20 +402,7 @@ class RankLabeler(_Labeler):
             raise RuntimeError("nothing left to skip")
         self._history.append((self._queue.pop(0), []))
         self._message = "Skipped."
-        self._show_item()
-
-    def undo(self) -> bool:
-        """Take back the last action of this session; a ranking's pairs are all removed at once."""
-        if not self._history:
-            self._message = "Nothing to undo in this session."
-            self._show_item()
-            return False
-        index, written_ids = self._history.pop()
-        self.store.undo(written_ids)  # one tombstone line for the whole ranking
-        self._queue.insert(0, index)
-        self._message = "Undone: this item is back."
-        self._show_item()
-        return True
+        self._redraw()
 
     def _verdict(self, prompt: str, answers: list[str], ranking: list[str]) -> str:
         if self.judge_score is None or not self.reveal:
@@ -426,7 +418,7 @@ class RankLabeler(_Labeler):
 
     # ----- display -----
 
-    def _show_item(self) -> None:
+    def _redraw(self) -> None:
         """Show the current item with fresh, unranked dropdowns."""
         current = self.current_item
         n_labelled = self.n_labelled
