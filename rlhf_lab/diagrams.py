@@ -2,8 +2,9 @@
 
 Every function draws one figure with matplotlib alone and returns it (a `matplotlib.figure.Figure`
 made without pyplot, so nothing pops up, nothing is kept in pyplot's list of open figures, and it
-works headless). Each takes an optional `ax` to draw into and an optional `path` to save to
-(`.svg` or `.png`). Nothing is drawn when the module is imported.
+works headless; as a notebook cell's last value it shows itself, see `Diagram`). Each takes an
+optional `ax` to draw into and an optional `path` to save to (`.svg` or `.png`). Nothing is drawn
+when the module is imported.
 
     course_roadmap      lessons 01-08 and what each one produces
     rlhf_pipeline       the three stages of RLHF and the artefacts between them
@@ -26,6 +27,7 @@ score, red the KL to the reference, purple the critic, grey a frozen model, sand
 from __future__ import annotations
 
 import argparse
+import io
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -68,6 +70,20 @@ FIGURES_DIR = Path(__file__).resolve().parent.parent / "notebooks" / "figures"
 # =====================================================================================
 
 
+class Diagram(Figure):
+    """A matplotlib Figure that shows itself in a notebook (as a PNG) when it is a cell's value.
+
+    The figures are made without pyplot, so the inline backend does not show them at the end of a
+    cell; IPython calls `_repr_png_` instead, with or without `%matplotlib inline`, once.
+    """
+
+    def _repr_png_(self) -> bytes:
+        buffer = io.BytesIO()
+        with matplotlib.rc_context(STYLE):
+            self.savefig(buffer, format="png", dpi=100, facecolor="white")
+        return buffer.getvalue()
+
+
 def tint(colour: str, amount: float = 0.8) -> tuple[float, float, float]:
     """`colour` mixed with `amount` of white: the light fill of a box whose edge is `colour`."""
     return tuple(c + (1 - c) * amount for c in to_rgb(colour))
@@ -106,7 +122,7 @@ def canvas(ax, width: float, height: float, title: str | None = None):
     """
     with matplotlib.rc_context(STYLE):
         if ax is None:
-            fig = Figure(figsize=(width, height))
+            fig = Diagram(figsize=(width, height))
             ax = fig.add_axes((0, 0, 1, 1))
         else:
             fig = ax.figure
@@ -114,7 +130,7 @@ def canvas(ax, width: float, height: float, title: str | None = None):
         ax.set(xlim=(0, width), ylim=(0, height))
         ax.axis("off")
         if title:
-            ax.text(width / 2, height - 0.22, title, ha="center", va="center", fontsize=13, weight="bold", color=TEXT)
+            note(ax, width / 2, height - 0.22, title, size=13, weight="bold")
     return fig, ax
 
 
@@ -131,18 +147,17 @@ def box(ax, x: float, y: float, w: float, h: float, text: str = "", kind: str = 
 
 
 def arrow(ax, start, end, colour: str = TEXT, label: str | None = None, label_at: tuple[float, float] | None = None,
-          curve: float = 0.0, dashed: bool = False, width: float = 1.5, both: bool = False, **label_style):
+          curve: float = 0.0, dashed: bool = False, width: float = 1.5, **label_style):
     """An arrow from `start` to `end` (points in inches), optionally curved and labelled.
 
-    The label sits at `label_at`, or just above the arrow's middle.
+    The label, in the arrow's colour, sits at `label_at` or just above the arrow's middle.
     """
-    ax.add_patch(FancyArrowPatch(start, end, arrowstyle="<|-|>" if both else "-|>", mutation_scale=14,
+    ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=14,
                                  color=colour, linewidth=width, shrinkA=2, shrinkB=2,
                                  connectionstyle=f"arc3,rad={curve}", linestyle=(0, (4, 2)) if dashed else "-"))
     if label:
-        x, y = label_at or ((start[0] + end[0]) / 2, (start[1] + end[1]) / 2 + 0.17)
-        style = {"ha": "center", "va": "center", "fontsize": SMALL, "color": TEXT, **label_style}
-        ax.text(x, y, label, linespacing=1.2, **style)
+        note(ax, *(label_at or ((start[0] + end[0]) / 2, (start[1] + end[1]) / 2 + 0.17)), label, colour=colour,
+             **label_style)
 
 
 def token_width(token: str, fontsize: float) -> float:
@@ -170,17 +185,17 @@ def strip_width(tokens: Sequence[str], fontsize: float = SMALL, gap: float = 0.0
     return sum(token_width(t, fontsize) + gap for t in tokens) - gap
 
 
-def row_label(ax, x: float, y: float, text: str, **style) -> None:
-    """A label right-aligned at x, left of a row of boxes."""
-    ax.text(x, y, text, ha="right", va="center", fontsize=SMALL, color=TEXT, linespacing=1.2, **style)
+def note(ax, x: float, y: float, text: str, size: float = SMALL, colour: str = TEXT, ha: str = "center",
+         **style) -> None:
+    """Text centred vertically at (x, y): a label, a caption, a formula (`ha` aligns it horizontally)."""
+    ax.text(x, y, text, **{"ha": ha, "va": "center", "fontsize": size, "color": colour, "linespacing": 1.2, **style})
 
 
 def brace(ax, left: float, right: float, y: float, text: str, colour: str = TEXT, below: bool = True) -> None:
     """A bracket from `left` to `right` at height y with a label under (or over) it: groups a run of boxes."""
     tick = 0.08 if below else -0.08
     ax.plot([left, left, right, right], [y + tick, y, y, y + tick], color=colour, linewidth=1.2)
-    ax.text((left + right) / 2, y - 0.18 if below else y + 0.18, text, ha="center", va="center",
-            fontsize=SMALL, color=colour)
+    note(ax, (left + right) / 2, y - 0.18 if below else y + 0.18, text, colour=colour)
 
 
 def save(fig: Figure, path: str | Path | None) -> Figure:
@@ -224,8 +239,8 @@ def course_roadmap(ax=None, path: str | Path | None = None) -> Figure:
     for i, (number, title, product, kind) in enumerate(ROADMAP):
         x, y = (xs[i], rows[0]) if i < 4 else (xs[7 - i], rows[1])  # a snake: the second row runs back
         boxes.append(box(ax, x, y, w, h, kind=kind))
-        ax.text(x, y + 0.36, f"{number}  {title}", ha="center", va="center", fontsize=FONT, weight="bold", color=TEXT)
-        ax.text(x, y - 0.16, product, ha="center", va="center", fontsize=SMALL, color=TEXT, linespacing=1.2)
+        note(ax, x, y + 0.36, f"{number}  {title}", size=FONT, weight="bold")
+        note(ax, x, y - 0.16, product)
     for a, b in pairwise(boxes[:4]):
         arrow(ax, a.right, b.left)
     arrow(ax, boxes[3].bottom, boxes[4].top)
@@ -260,11 +275,11 @@ def rlhf_pipeline(ax=None, path: str | Path | None = None) -> Figure:
           weight="bold")
     arrow(ax, pairs.right, reward.left, label="fit Bradley-Terry", label_at=(5.85, bottom + 0.22))
     arrow(ax, sft.right, aligned.left, label="③ RL (PPO)", label_at=(6.0, top + 0.22), weight="bold")
-    ax.text(6.15, top - 0.25, "maximise score − β·KL", ha="center", va="center", fontsize=SMALL, color=TEXT)
+    note(ax, 6.15, top - 0.25, "maximise score − β·KL")
     arrow(ax, reward.top, (7.45, top - 0.03), colour=COLOURS["reward"], label="scores\nanswers",
-          label_at=(7.95, 1.85), color=COLOURS["reward"])
+          label_at=(7.95, 1.85))
     arrow(ax, aligned.top, sft.top, colour=COLOURS["kl"], dashed=True, curve=0.35,
-          label="KL leash: stay close to the SFT model", label_at=(6.35, 4.1), color=COLOURS["kl"])
+          label="KL leash: stay close to the SFT model", label_at=(6.35, 4.1))
     return save(fig, path)
 
 
@@ -319,18 +334,16 @@ def sft_loss_mask(tokens: Sequence[str] | None = None, prompt_length: int | None
         ax.add_patch(Rectangle((start[0] - 0.06, start[1] - 0.06), 0.12, 0.12, color=COLOURS["policy"] if on
                                else COLOURS["off"]))
         arrow(ax, start, strip[t].top, colour=COLOURS["policy"] if on else COLOURS["off"], width=1.8 if on else 1)
-    row_label(ax, x0 - 0.12, 2.98, "logits at t − 1")
-    row_label(ax, x0 - 0.12, 2.05, "token t")
-    row_label(ax, x0 - 0.12, 1.35, "loss mask")
-    ax.text(strip[-1].right[0], 3.35, "the logits at t − 1 predict token t", ha="right", va="center", fontsize=SMALL,
-            color=COLOURS["policy"])
+    note(ax, x0 - 0.12, 2.98, "logits at t − 1", ha="right")
+    note(ax, x0 - 0.12, 2.05, "token t", ha="right")
+    note(ax, x0 - 0.12, 1.35, "loss mask", ha="right")
+    note(ax, strip[-1].right[0], 3.35, "the logits at t − 1 predict token t", colour=COLOURS["policy"], ha="right")
     runs = _runs(kinds)
     for kind, first, last in runs:
         label = {"off": "pad", "data": "prompt: read, not trained", "policy": "answer + end: trained"}[kind]
         brace(ax, strip[first].left[0], strip[last].right[0], 1.0, label, colour="#555555")
-    ax.text(width / 2, 0.3, r"loss $= -\sum_t m_t \log p(x_t \mid x_{<t})\ /\ \sum_t m_t$,  $m_t$: the loss mask",
-            ha="center",
-            va="center", fontsize=FONT, color=TEXT)
+    note(ax, width / 2, 0.3, r"loss $= -\sum_t m_t \log p(x_t \mid x_{<t})\ /\ \sum_t m_t$,  $m_t$: the loss mask",
+         size=FONT)
     return save(fig, path)
 
 
@@ -369,10 +382,8 @@ def ranking_to_pairs(k: int = 4, ax=None, path: str | Path | None = None) -> Fig
     fig, ax = canvas(ax, 9.4, height, f"One ranking of K = {k} answers gives C({k}, 2) = {len(pairs)} pairs")
     top = height - 0.95
     ranking = box(ax, 1.75, top - (k - 2) * step_y / 2, 2.9, 1.0, kind="data")
-    ax.text(ranking.x, ranking.y + 0.22, "one prompt, K answers,\nranked by a labeller", ha="center", va="center",
-            fontsize=SMALL, color=TEXT)
-    ax.text(ranking.x, ranking.y - 0.27, " > ".join(letters), ha="center", va="center", fontsize=14,
-            weight="bold", color=TEXT, family=MONO)
+    note(ax, ranking.x, ranking.y + 0.22, "one prompt, K answers,\nranked by a labeller")
+    note(ax, ranking.x, ranking.y - 0.27, " > ".join(letters), size=14, weight="bold", family=MONO)
     grid_x0 = 9.4 - 0.5 - (k - 1) * step_x + step_x / 2
     for better, worse in pairs:
         row, column = letters.index(better), letters.index(worse) - 1
@@ -385,12 +396,11 @@ def ranking_to_pairs(k: int = 4, ax=None, path: str | Path | None = None) -> Fig
                                 edgecolor=COLOURS["reward"], linewidth=1.6, linestyle=(0, (4, 2))))
     middle = (ranking.right[0] + enclosure.left[0]) / 2
     arrow(ax, ranking.right, enclosure.left, label="every pair\n(better, worse)", label_at=(middle, ranking.y + 0.3))
-    ax.text(middle, ranking.y - 0.25, "C(K, 2) = K(K − 1) / 2", ha="center", va="center", fontsize=SMALL,
-            color=TEXT)
-    ax.text(enclosure.x, enclosure.y - enclosure.h / 2 - 0.25, "one labelling item: its pairs share a batch",
-            ha="center", va="center", fontsize=SMALL, color=COLOURS["reward"])
-    ax.text(4.7, 0.28, "Shuffled apart, each answer would appear in many batches of an epoch: the reward model "
-            "over-fits (InstructGPT).", ha="center", va="center", fontsize=SMALL, color="#555555")
+    note(ax, middle, ranking.y - 0.25, "C(K, 2) = K(K − 1) / 2")
+    note(ax, enclosure.x, enclosure.y - enclosure.h / 2 - 0.25, "one labelling item: its pairs share a batch",
+         colour=COLOURS["reward"])
+    note(ax, 4.7, 0.28, "Shuffled apart, each answer would appear in many batches of an epoch: the reward model "
+         "over-fits (InstructGPT).", colour="#555555")
     return save(fig, path)
 
 
@@ -425,11 +435,10 @@ def reward_head(ax=None, path: str | Path | None = None) -> Figure:
     arrow(ax, (last.x + 0.1, hidden_y), head.left, colour=COLOURS["reward"])
     arrow(ax, head.top, normalise.bottom, colour=COLOURS["reward"])
     arrow(ax, normalise.left, score.right, colour=COLOURS["reward"])
-    ax.text(4.7, 3.45, "h at the last real token, <|end|>:\nit has attended to prompt and answer", ha="right",
-            va="center", fontsize=SMALL, color=COLOURS["reward"])
+    note(ax, 4.7, 3.45, "h at the last real token, <|end|>:\nit has attended to prompt and answer",
+         colour=COLOURS["reward"], ha="right")
     arrow(ax, (4.75, 3.4), (last.x - 0.12, hidden_y + 0.08), colour=COLOURS["reward"], width=1)
-    ax.text(5.4, 4.0, "gain and bias are set so the SFT\npolicy's answers score mean 0, std 1", ha="right", va="center",
-            fontsize=SMALL, color=TEXT)
+    note(ax, 5.4, 4.0, "gain and bias are set so the SFT\npolicy's answers score mean 0, std 1", ha="right")
     groups = [("left padding", 0, 1), ("prompt", 2, 9), ("answer", 10, 12)]
     for label, first, end in groups:
         brace(ax, strip[first].left[0], strip[end].right[0], 0.6, label, colour="#555555")
@@ -468,18 +477,18 @@ def ppo_four_models(ax=None, path: str | Path | None = None) -> Figure:
     for model in (reward, reference, critic):
         arrow(ax, answers.right, model.left)
     arrow(ax, reward.right, (out_x - 0.3, rewards.top[1]), colour=COLOURS["reward"], label="score",
-          label_at=(7.55, 4.47), color=COLOURS["reward"])
+          label_at=(7.55, 4.47))
     arrow(ax, reference.right, (rewards.left[0], 3.25), colour=COLOURS["kl"], label="$\\log\\pi_\\mathrm{SFT}(y_t)$",
-          label_at=(7.45, 2.72), color=COLOURS["kl"])
+          label_at=(7.45, 2.72))
     arrow(ax, (critic.right[0], 1.62), (gae.left[0], 1.62), colour=COLOURS["critic"], label="values $V_t$",
-          label_at=(7.3, 1.85), color=COLOURS["critic"])
+          label_at=(7.3, 1.85))
     arrow(ax, (gae.left[0], 1.38), (critic.right[0], 1.38), colour=COLOURS["critic"], label="returns",
-          label_at=(7.3, 1.15), color=COLOURS["critic"])
+          label_at=(7.3, 1.15))
     arrow(ax, rewards.bottom, gae.top, label="$r_t$", label_at=(8.98, 2.5))
     arrow(ax, gae.bottom, update.right, curve=-0.25, label="$\\hat A_t$", label_at=(7.3, 0.5))
     arrow(ax, update.left, policy.bottom, curve=-0.3, colour=COLOURS["policy"], label="new $\\theta$",
-          label_at=(0.95, 1.35), color=COLOURS["policy"])
-    ax.text(0.25, 0.45, "dashed: frozen", ha="left", va="center", fontsize=SMALL, color="#555555")
+          label_at=(0.95, 1.35))
+    note(ax, 0.25, 0.45, "dashed: frozen", colour="#555555", ha="left")
     return save(fig, path)
 
 
@@ -507,7 +516,7 @@ def axes_figure(ax, width: float, height: float):
     """`(figure, axes)` for a chart: a new constrained-layout figure, or the given axes' figure."""
     with matplotlib.rc_context(STYLE):
         if ax is None:
-            fig = Figure(figsize=(width, height), layout="constrained")
+            fig = Diagram(figsize=(width, height), layout="constrained")
             ax = fig.add_subplot()
     return ax.figure, ax
 
@@ -551,8 +560,7 @@ def _reward_bars(ax, mask: np.ndarray, penalties: np.ndarray, rewards: np.ndarra
     for i in pads:
         ax.axvspan(i - 0.4, i + 0.4, color=tint(COLOURS["off"], 0.7), linewidth=0)
     if len(pads):
-        ax.text(pads.mean(), 0.4, "pads:\nno reward", transform=ax.get_xaxis_transform(), ha="center",
-                va="center", fontsize=SMALL, color="#555555")
+        note(ax, pads.mean(), 0.4, "pads:\nno reward", colour="#555555", transform=ax.get_xaxis_transform())
 
 
 def per_token_reward(tokens: Sequence[str] | None = None, kl: Sequence[float] | None = None,
@@ -632,8 +640,7 @@ def _draw_schematic(ax, scale_x: float, scale_y: float, faint: bool) -> None:
 def _shade_past_peak(ax, peak_kl: float, end_kl: float, text: str) -> None:
     """Shade the KL range past the true score's peak, where the policy learns the reward model's mistakes."""
     ax.axvspan(peak_kl, end_kl, color=tint(COLOURS["kl"], 0.9), linewidth=0)
-    ax.text((peak_kl + end_kl) / 2, 0.45, text, transform=ax.get_xaxis_transform(), ha="center", va="center",
-            fontsize=SMALL, color=COLOURS["kl"])
+    note(ax, (peak_kl + end_kl) / 2, 0.45, text, colour=COLOURS["kl"], transform=ax.get_xaxis_transform())
 
 
 def _draw_measured(ax, measured: Mapping[str, object], label: str) -> tuple[float, float, float]:

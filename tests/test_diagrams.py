@@ -92,6 +92,16 @@ def test_draws_into_given_axes(name):
     assert any(artist.get_visible() for artist in ax.get_children())
 
 
+def test_a_diagram_shows_itself_in_a_notebook():
+    # Made without pyplot, a figure is shown by IPython through _repr_png_ (once, with or without
+    # `%matplotlib inline`): the PNG of the whole figure at 100 dpi.
+    fig = diagrams.rlhf_pipeline()
+    png = fig._repr_png_()
+    assert png.startswith(b"\x89PNG")
+    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+    assert (width, height) == tuple(round(100 * size) for size in fig.get_size_inches())
+
+
 def test_importing_draws_nothing_and_needs_no_display():
     # No pyplot (so no backend, no window, no figure kept open) and no display needed.
     code = "import sys, rlhf_lab.diagrams; print('matplotlib.pyplot' in sys.modules)"
@@ -112,7 +122,8 @@ def test_sft_mask_row_is_what_collate_computes():
     assert mask_row == [0] + [0] * 8 + [1, 1, 1]
     # The strip and the mask are exactly what sft.collate builds for this dialogue in a left-padded batch.
     tokenizer = build_tokenizer(["what", "is", "plus"])
-    rows = [{"prompt": "what is 7 plus 5?", "completion": "12."}, {"prompt": "what is 7 plus 5?", "completion": "is 12."}]
+    rows = [{"prompt": "what is 7 plus 5?", "completion": "12."},
+            {"prompt": "what is 7 plus 5?", "completion": "is 12."}]  # one token longer: row 0 gets one pad
     input_ids, _, loss_mask = collate(encode_dialogues(tokenizer, rows), tokenizer.pad_token_id, response_only=True)
     assert tuple(tokenizer.convert_ids_to_tokens(input_ids[0].tolist())) == diagrams.SFT_EXAMPLE
     assert loss_mask[0].int().tolist() == mask_row
@@ -263,5 +274,6 @@ def test_committed_figures_are_current(tmp_path, capsys):
         else:
             # Another matplotlib version writes the same drawing with different path data and
             # number formatting, so compare what it says and how big it is instead.
+            assert TEXT_IN_SVG.findall(old), f"{name}: no text found in the SVG"
             assert TEXT_IN_SVG.findall(old) == TEXT_IN_SVG.findall(new), f"{name}'s text changed"
             assert SIZE_IN_SVG.search(old).groups() == SIZE_IN_SVG.search(new).groups(), f"{name}'s size changed"
