@@ -48,8 +48,11 @@ Differences that cannot be removed (each trainer's own way of doing a step is wh
   once, RLOO 16 prompts 4 times each. The lessons' PPO-ptx term (an SFT minibatch in every update) is off here:
   RLOO has no counterpart.
 - RL generation: TRL samples with transformers' `generate` (logits processors, stopping criteria, KV cache); ours
-  with its own loop. The two sides draw different random numbers, so their answers (and so their lengths and the
-  number of decode steps) differ: the work table shows both, with the longest answer of each rollout.
+  with its own loop. The two sides draw different random numbers, so their answers differ, and a rollout lasts as
+  many decode steps as its longest answer (for the same 64 prompts, the longest answer went from 38 to 61 tokens
+  over 12 seeds). Each repetition therefore uses its own seed (0, 1, 2, ...) on both sides, so that this luck
+  averages out instead of favouring one side in every repetition; the work table shows the decode steps and the
+  longest answer per rollout of both sides.
 - TRL decodes the answers to text and its reward function (ours, wrapped) tokenizes them again: TRL's reward
   interface is text. Ours scores the sampled token ids.
 - TRL's RLOO recomputes the log-probs of left-padded prompts without position ids (lesson 08): its numbers for
@@ -75,7 +78,7 @@ import time
 import warnings
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -172,6 +175,8 @@ class WorkMeter:
 
     def window(self, warmup: int) -> tuple[float, int, dict[str, float]]:
         """Seconds, steps and work (counter totals) after the first `warmup` steps."""
+        if warmup < 1:  # the window opens at a stamp: the first step's start has none
+            raise ValueError(f"warmup must be at least 1 step, got {warmup}")
         if len(self.stamps) <= warmup:
             raise RuntimeError(f"only {len(self.stamps)} optimizer steps were seen; {warmup} are warm-up")
         first, last = self.snapshots[warmup - 1], self.snapshots[-1]
@@ -315,7 +320,7 @@ def ours_rl(plan: dict) -> Run:
     policy, tokenizer = load_policy(SFT_DIR)
     reference, _ = load_policy(SFT_DIR)
     reward_model, _ = reward.RewardModel.load(REWARD_DIR)
-    cfg = plan["cfg"]
+    cfg = replace(plan["cfg"], seed=plan["seed"])
     if isinstance(cfg, ppo.PPOConfig):
         trainer = ppo.PPOTrainer(policy, reference, reward_model, tokenizer, plan["prompts"], cfg)
         networks = {"policy": policy, "reference": reference, "reward": reward_model, "critic": trainer.critic}
@@ -426,7 +431,8 @@ def trl_rloo(plan: dict) -> Run:
     args = RLOOConfig(max_steps=cfg.iterations * updates, num_generations=GROUP_SIZE, generation_batch_size=EPISODES,
                       per_device_train_batch_size=MINIBATCH, num_iterations=updates * MINIBATCH // EPISODES,
                       temperature=cfg.temperature, max_completion_length=cfg.max_new_tokens, beta=cfg.beta,
-                      learning_rate=cfg.lr, max_grad_norm=cfg.grad_clip, shuffle_dataset=False, **trl_settings())
+                      learning_rate=cfg.lr, max_grad_norm=cfg.grad_clip, shuffle_dataset=False,
+                      **trl_settings(seed=plan["seed"]))
     prompts = Dataset.from_list([{"prompt": user_turn(q)} for q in plan["prompt_order"]])
     trainer = quiet(RLOOTrainer(model=policy, args=args, train_dataset=prompts, processing_class=tokenizer,
                                 reward_funcs=reward_function(reward_model, tokenizer, cfg.missing_end_penalty)))
@@ -454,7 +460,7 @@ def measure(run: Run, stage: str, warmup: int) -> dict:
     seconds, steps, work = meter.window(warmup)
     result = {"seconds": seconds, "steps": steps, "work_per_step": {k: v / steps for k, v in sorted(work.items())},
               "trained_tokens_per_step": meter.per_step(f"{main_role}.trained_tokens")}
-    if stage in ("sft",):
+    if stage == "sft":
         units = work["policy.trained_tokens"]
     elif stage in ("reward", "dpo"):
         units = work[f"{main_role}.trained_rows"] / 2  # a chosen and a rejected row per pair
@@ -476,8 +482,9 @@ def run_stage(stage: str, sizes: dict, reps: int) -> dict:
     ours, theirs = SIDES[stage]
     results: dict[str, list[dict]] = {"ours": [], "trl": []}
     for rep in range(reps):
+        plan["seed"] = rep  # RL: each repetition samples with its own seed, on both sides (see the docstring)
         for side, make in (("ours", ours), ("trl", theirs)):
-            torch.manual_seed(rep)
+            torch.manual_seed(0)  # the same start on both sides (our reward head is drawn from it)
             results[side].append(measure(make(plan), stage, warmup))
             print(f"  {stage} rep {rep + 1}/{reps} {side:4s} {results[side][-1]['rate']:10.1f} {UNITS[stage]}/s",
                   flush=True)
