@@ -45,8 +45,9 @@ Differences that cannot be removed (each trainer's own way of doing a step is wh
   shrunk to 2 pairs / 2 prompts and falls outside the timed window (at least 2 warm-up steps).
 - PPO against RLOO: PPO has a critic -- a second network as large as the policy, run in every rollout and trained
   (forward and backward, its own optimizer) in every update -- and GAE; RLOO has neither. PPO answers 64 prompts
-  once, RLOO 16 prompts 4 times each. The lessons' PPO-ptx term (an SFT minibatch in every update) is off here:
-  RLOO has no counterpart.
+  once, RLOO 16 prompts 4 times each (TRL gets the first 16 of PPO's 64), so their longest answers, which set the
+  decode steps and the padding of a rollout, differ for that reason too. The lessons' PPO-ptx term (an SFT
+  minibatch in every update) is off here: RLOO has no counterpart.
 - RL generation: TRL samples with transformers' `generate` (logits processors, stopping criteria, KV cache); ours
   with its own loop. The two sides draw different random numbers, so their answers differ, and a rollout lasts as
   many decode steps as its longest answer (for the same 64 prompts, the longest answer went from 38 to 61 tokens
