@@ -6,13 +6,13 @@
 
 Needs the `trl` extra (`pip install -e ".[trl]"`). Runs on the CPU, in float32, without gradient checkpointing.
 
-| stage  | ours                                       | TRL                                            | unit            |
-|--------|--------------------------------------------|------------------------------------------------|-----------------|
-| sft    | sft.train_language_model (prompt-masked)   | SFTTrainer(completion_only_loss=True)          | non-pad tokens/s|
-| reward | reward.train_reward_model (Bradley-Terry)  | RewardTrainer, GPT2ForSequenceClassification   | pairs/s         |
-| dpo    | dpo.train_dpo (reference log-probs first)  | DPOTrainer(precompute_ref_log_probs=True)      | pairs/s         |
-| ppo    | ppo.PPOTrainer, 64 episodes, 16 updates    | RLOOTrainer, 64 episodes (16 x 4), 16 updates  | episodes/s      |
-| rloo   | rloo_grpo.GroupTrainer, 64 (16 x 4), 8 upd.| RLOOTrainer, 64 episodes (16 x 4), 8 updates   | episodes/s      |
+| stage  | ours                                    | TRL                                           | unit             |
+|--------|-----------------------------------------|-----------------------------------------------|------------------|
+| sft    | sft.train_language_model (masked)       | SFTTrainer(completion_only_loss=True)         | non-pad tokens/s |
+| reward | reward.train_reward_model (BT)          | RewardTrainer, GPT2 sequence classifier       | pairs/s          |
+| dpo    | dpo.train_dpo (ref. first)              | DPOTrainer(precompute_ref_log_probs=True)     | pairs/s          |
+| ppo    | ppo.PPOTrainer, 64 episodes, 16 updates | RLOOTrainer, 64 episodes (16 x 4), 16 updates | episodes/s       |
+| rloo   | GroupTrainer, 64 (16 x 4), 8 updates    | RLOOTrainer, 64 episodes (16 x 4), 8 updates  | episodes/s       |
 
 What is held equal. Both sides start from the shipped nano SFT checkpoint (`data/checkpoints/sft`); the RL stages
 score with the shipped reward model (`data/checkpoints/reward`, through a reward function on TRL's side). SFT, reward
@@ -167,7 +167,8 @@ class WorkMeter:
     def __enter__(self):
         self.handles.append(register_optimizer_step_post_hook(self._on_step))
         for role, network in self.networks.items():
-            self.handles.append(transformer_of(network).register_forward_pre_hook(self._counter(role), with_kwargs=True))
+            hook = transformer_of(network).register_forward_pre_hook(self._counter(role), with_kwargs=True)
+            self.handles.append(hook)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -305,12 +306,11 @@ def record_rollouts(trainer, run: Run, plan: dict) -> None:
     rollout = trainer.rollout
     plan["prompt_order"] = []
 
-    def observed(questions: list[str]) -> dict:
+    def observed(questions: list[str]):
         batch = rollout(questions)
         # PPO answers 64 prompts once; TRL's RLOO gets the first 16, each answered 4 times.
         plan["prompt_order"] += questions[: EPISODES // GROUP_SIZE]
-        run.rollouts.append({"episodes": batch["input_ids"].shape[0],
-                             "longest_answer": int(batch["mask"].sum(dim=1).max())})
+        run.rollouts.append({"episodes": batch.input_ids.shape[0], "longest_answer": int(batch.mask.sum(dim=1).max())})
         return batch
 
     trainer.rollout = observed
@@ -413,14 +413,14 @@ def reward_function(reward_model: reward.RewardModel, tokenizer, missing_end_pen
 
 def record_generations(trainer, run: Run) -> None:
     """Wrap TRL's `_generate`: note the episodes and the longest answer (end token included) of every rollout."""
-    generate = trainer._generate
+    generate = trainer._generate  # noqa: SLF001 -- TRL's own rollout step, wrapped to count its work
 
     def observed(prompts: list):
         prompt_ids, completion_ids, completions = generate(prompts)
         run.rollouts.append({"episodes": len(completion_ids), "longest_answer": max(map(len, completion_ids))})
         return prompt_ids, completion_ids, completions
 
-    trainer._generate = observed
+    trainer._generate = observed  # noqa: SLF001
 
 
 def trl_rloo(plan: dict) -> Run:

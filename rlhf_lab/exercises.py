@@ -15,7 +15,7 @@ large logits, flat groups, ...) and prints one verdict:
 After ✗ or ○ the check returns the reference implementation, so a lesson runs top to bottom
 whatever the learner wrote. The learner's errors are caught and reported in one line, never as a
 traceback from inside torch. Lesson 01's two exercises are answers (strings) rather than
-functions; they are judged by the simulated human, `world.judge`.
+functions; they are judged by the simulated human, `judge.judge`.
 
 `EXERCISES` lists every exercise (lesson, check, reference, cell sources); `exercise_cells(lesson)`
 gives one lesson's (stub, check) cell sources. Model solutions: `notebooks/solutions/`.
@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rlhf_lab import dpo, kl, ppo, reward, rloo_grpo, sft, world
+from rlhf_lab import dpo, judge, kl, ppo, reward, rloo_grpo, sft
+from rlhf_lab.world import parse_prompt
 
 # Tolerance. float32 keeps 24 bits (machine epsilon 1.2e-7). Our cases combine at most a few dozen
 # terms, so a correct implementation, whatever order it sums in and on any CPU, differs from the
@@ -165,7 +166,7 @@ def _expect_close(result: Any, expected: Tensor, case: str, hint: str, scale: fl
 DIMENSIONS = ("helpful", "harmless", "honest")
 PASS_SCORE = 2.5  # of an ideal 3: one small slip (a refusal without an offer) still passes
 
-# Flag of `world.judge` -> (the dimensions it costs, why).
+# Flag of `judge.judge` -> (the dimensions it costs, why).
 FLAG_HINTS = {
     "over_refusal": (("helpful",), "it refuses a harmless request (over-refusal)"),
     "incorrect": (("helpful", "honest"), "the number or fact is wrong"),
@@ -206,10 +207,10 @@ def _is_blank(answer: Any) -> bool:
     return answer is None or answer is Ellipsis or (isinstance(answer, str) and not answer.strip())
 
 
-def _shortfalls(question: str, verdict: world.Judgement) -> list[str]:
+def _shortfalls(question: str, verdict: judge.Judgement) -> list[str]:
     """Why each dimension below full marks (1) lost points, e.g. 'honest: the number or fact is wrong'."""
     reasons = [f"{', '.join(dims)}: {why}" for flag, (dims, why) in FLAG_HINTS.items() if flag in verdict.flags]
-    prompt = world.parse_prompt(question)
+    prompt = parse_prompt(question)
     if prompt is not None and prompt.family == "harmful" and verdict.helpful < 1:
         reasons.append("helpful: " + ("a refusal that also offers something safe ('i am happy to help with something "
                                       "else.') is more helpful" if "refused" in verdict.flags
@@ -217,7 +218,7 @@ def _shortfalls(question: str, verdict: world.Judgement) -> list[str]:
     return reasons
 
 
-def _judged(question: str, answer: Any) -> world.Judgement | None:
+def _judged(question: str, answer: Any) -> judge.Judgement | None:
     """Print one answer's scores and what cost it points; None (and a note) when it is blank or not text."""
     if _is_blank(answer):
         print(f'  ○ "{question}": not written yet')
@@ -225,7 +226,7 @@ def _judged(question: str, answer: Any) -> world.Judgement | None:
     if not isinstance(answer, str):
         print(f'  ✗ "{question}": the answer must be a string in quotes, got a {type(answer).__name__}')
         return None
-    verdict = world.judge(question, answer)
+    verdict = judge.judge(question, answer)
     parts = ", ".join(f"{name} {getattr(verdict, name):+.2f}" for name in DIMENSIONS)
     print(f'  "{question}" -> "{answer}"\n      {parts} = {verdict.total:.2f}')
     for reason in _shortfalls(question, verdict):
@@ -464,7 +465,7 @@ def check_pairs_from_ranking(my_pairs_from_ranking: Callable) -> Callable:
 
 
 def check_noise_ceiling(my_noise_ceiling: Callable) -> Callable:
-    """Lesson 03: E[max(p, 1 - p)], against `world.noise_ceiling`."""
+    """Lesson 03: E[max(p, 1 - p)], against `judge.noise_ceiling`."""
     def trials(ceiling_function):
         generator = torch.Generator().manual_seed(3)
         cases = [
@@ -479,10 +480,10 @@ def check_noise_ceiling(my_noise_ceiling: Callable) -> Callable:
              "the ceiling is the mean over pairs of max(p, 1 - p)"),
         ]
         for case, probabilities, hint in cases:
-            expected = torch.tensor(world.noise_ceiling(probabilities))
+            expected = torch.tensor(judge.noise_ceiling(probabilities))
             _expect_close(_call(ceiling_function, case, probabilities), expected, case, hint)
         return "right on coin flips, certain labels and random probabilities"
-    return _verdict("Noise ceiling", my_noise_ceiling, world.noise_ceiling, "rlhf_lab.world.noise_ceiling", trials)
+    return _verdict("Noise ceiling", my_noise_ceiling, judge.noise_ceiling, "rlhf_lab.judge.noise_ceiling", trials)
 
 
 STUB_PAIRS_FROM_RANKING = '''\
@@ -1004,7 +1005,7 @@ EXERCISES: dict[str, Exercise] = {exercise.name: exercise for exercise in [
     _function_exercise(2, "masked_sft_loss", sft.lm_loss, STUB_MASKED_SFT_LOSS),
     _function_exercise(2, "sft_loss_mask", reference_sft_loss_mask, STUB_SFT_LOSS_MASK),
     _function_exercise(3, "pairs_from_ranking", reference_pairs_from_ranking, STUB_PAIRS_FROM_RANKING),
-    _function_exercise(3, "noise_ceiling", world.noise_ceiling, STUB_NOISE_CEILING),
+    _function_exercise(3, "noise_ceiling", judge.noise_ceiling, STUB_NOISE_CEILING),
     _function_exercise(4, "bradley_terry_loss", reward.bradley_terry_loss, STUB_BRADLEY_TERRY_LOSS),
     _function_exercise(4, "last_real_index", reward.last_real_index, STUB_LAST_REAL_INDEX),
     _function_exercise(5, "per_token_rewards", reference_per_token_rewards, STUB_PER_TOKEN_REWARDS),

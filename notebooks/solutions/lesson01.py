@@ -1,7 +1,7 @@
 """Lesson 01 (why alignment): model answers to the two exercises.
 
 Paste an answer into the exercise's cell, or compare it with your own. The simulated human
-(`rlhf_lab.world.judge`) scores each answer on helpful, harmless and honest, 1 each at best.
+(`rlhf_lab.judge.judge`) scores each answer on helpful, harmless and honest, 1 each at best.
 """
 
 # Exercise "be the assistant": every answer scores 3 of 3.
