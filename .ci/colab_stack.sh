@@ -8,7 +8,8 @@
 #   ipywidgets   with 7.7.1, the version Colab ships (JupyterLab 4 uses 8.x), and
 #   transformers with the floor pyproject.toml claims (transformers>=X installs X; Colab ships 5.x,
 #                so the floor is older than Colab's and any version in between is covered by the two runs),
-# and runs, in it: the widget tests, the policy and tokenizer tests, and lessons 03 and 05 under
+# and runs, in it: the widget tests, the policy and tokenizer tests, plain transformers reading the
+# reward model (test_hf_reward.py; its TRL test skips, TRL needs a newer transformers), and lessons 03 and 05 under
 # nbval at ci scale. Every one of them must exist and pass; skipping is failing here.
 #
 # COLAB_TRANSFORMERS=4.46.3 .ci/colab_stack.sh   tests another transformers version instead.
@@ -17,7 +18,7 @@ cd "$(dirname "$0")/.."
 
 VENV=.venv-colab
 COLAB_IPYWIDGETS=7.7.1
-TESTS=(tests/test_labelling_widgets.py tests/test_policy.py tests/test_tokenizer.py tests/test_colab.py)
+TESTS=(tests/test_labelling_widgets.py tests/test_policy.py tests/test_tokenizer.py tests/test_colab.py tests/test_hf_reward.py)
 NOTEBOOKS=(notebooks/03_preferences.ipynb notebooks/05_ppo.ipynb)
 
 # Fail loudly, before building anything, if a file this check is about is missing.

@@ -8,17 +8,26 @@ as a coin whose bias depends only on the difference of two hidden scores:
 Training the reward model r = maximising the likelihood of the observed choices.
 """
 
+import copy
 import math
+import os
+import tempfile
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
-from transformers import AutoTokenizer, GPT2Model
+from transformers import (
+    AutoConfig,
+    AutoTokenizer,
+    GPT2ForSequenceClassification,
+    GPT2Model,
+)
 
 from rlhf_lab import world
 from rlhf_lab.checks import check_finite
@@ -61,7 +70,8 @@ def bradley_terry_loss(
 # The reward model: the SFT backbone plus a scalar head read at the last real token.
 # =====================================================================================
 
-HEAD_FILE = "reward_head.safetensors"
+HEAD_FILE = "reward_head.safetensors"  # the old two-file layout's head, still read by RewardModel.load
+OFFSET_KEY = "reward_offset_in_ln_f"  # config.json: the constant c of the score, folded into ln_f.bias
 
 
 def last_real_index(attention_mask: Tensor) -> Tensor:
@@ -108,21 +118,71 @@ class RewardModel(nn.Module):
         return self.gain * self.head(last).squeeze(-1) + self.bias
 
     def save(self, out_dir, tokenizer) -> None:
-        """Backbone as a safetensors transformers checkpoint, head in its own safetensors file."""
+        """Save in Hugging Face's own layout: a `GPT2ForSequenceClassification` with one label (safetensors).
+
+        `AutoModelForSequenceClassification.from_pretrained(out_dir)`, TRL's `reward_funcs=out_dir` and
+        `RewardModel.load` all read it and return this model's scores. Our score is
+
+            gain * (w · h + b) + bias  =  w' · h + c,   w' = gain * w,   c = gain * b + bias
+
+        HF's `score` layer holds w' but has no bias, so c is folded into the final layer norm's bias
+        (`fold_offset`, exact) and recorded in config.json as `reward_offset_in_ln_f`, from which `load`
+        restores the backbone's own layer norm. `pad_token_id` in config.json is how HF finds each row's
+        last real token, with right or left padding.
+
+        Left padding needs position ids: HF's forward numbers positions 0, 1, 2, ... from the first
+        column whatever the mask (transformers 4.45 to 5.24), so with a left-padded batch pass
+        `position_ids=(attention_mask.cumsum(-1) - 1).clamp(min=0)` (`policy.position_ids_from_mask`),
+        or the padded rows get other scores. TRL pads reward-model inputs on the right: nothing to do.
+        """
         out_dir = Path(out_dir)
-        self.backbone.save_pretrained(out_dir, safe_serialization=True)
-        save_file({name: t.detach().cpu().contiguous() for name, t in
-                   {"weight": self.head.weight, "head_bias": self.head.bias, "gain": self.gain,
-                    "bias": self.bias}.items()}, str(out_dir / HEAD_FILE))
+        score_weight = (self.gain * self.head.weight).detach().cpu()
+        offset = float((self.gain * self.head.bias + self.bias).detach())
+        config = copy.deepcopy(self.backbone.config)
+        config.num_labels, config.pad_token_id = 1, tokenizer.pad_token_id
+        setattr(config, OFFSET_KEY, offset)
+        classifier = GPT2ForSequenceClassification(config)
+        classifier.transformer.load_state_dict(self.backbone.state_dict())
+        with torch.no_grad():
+            classifier.score.weight.copy_(score_weight)
+            classifier.transformer.ln_f.bias.copy_(fold_offset(self.backbone.ln_f.bias.cpu(), score_weight, offset))
+        classifier.save_pretrained(out_dir, safe_serialization=True)
+        (out_dir / HEAD_FILE).unlink(missing_ok=True)  # `load` reads a head file first: none may be left stale
         save_tokenizer(tokenizer, out_dir)
 
     @classmethod
     def load(cls, path, device="cpu"):
-        """`(reward_model, tokenizer)` from a directory written by `save` (never unpickles)."""
+        """`(reward_model, tokenizer)` from a directory written by `save` (never unpickles).
+
+        Also reads the old two-file layout (a bare `GPT2Model` plus reward_head.safetensors), with a
+        warning: Hugging Face cannot read that one, and `convert_checkpoint(path)` rewrites it.
+        """
         path = Path(path)
-        if not (path / HEAD_FILE).is_file():
-            raise FileNotFoundError(f"no reward model at {path.resolve()} (looked for {path / HEAD_FILE}); "
-                                    "make one with: python -m rlhf_lab reward --prefs FILE --out DIR")
+        if (path / HEAD_FILE).is_file():
+            warnings.warn(f"{path}: old reward-model layout (GPT2Model + {HEAD_FILE}), which Hugging Face and TRL "
+                          "cannot read; rewrite it with rlhf_lab.reward.convert_checkpoint(path)", stacklevel=2)
+            model = cls._from_two_files(path)
+        else:
+            model = cls._from_classifier(_load_classifier(path))
+        return model.to(device).eval(), AutoTokenizer.from_pretrained(path)
+
+    @classmethod
+    def _from_classifier(cls, classifier: GPT2ForSequenceClassification) -> "RewardModel":
+        """Unfold the saved offset: the backbone gets its own ln_f back, the head gets c as its bias."""
+        offset = float(getattr(classifier.config, OFFSET_KEY, 0.0))  # 0 for a classifier trained elsewhere (TRL)
+        score_weight = classifier.score.weight.detach()
+        backbone = classifier.transformer
+        with torch.no_grad():
+            backbone.ln_f.bias.copy_(fold_offset(backbone.ln_f.bias, score_weight, -offset))
+        model = cls(backbone)
+        with torch.no_grad():
+            model.head.weight.copy_(score_weight)
+            model.head.bias.fill_(offset)
+        return model
+
+    @classmethod
+    def _from_two_files(cls, path: Path) -> "RewardModel":
+        """The layout `save` wrote before the reward model was a `GPT2ForSequenceClassification`."""
         with quiet_loading():
             model = cls(GPT2Model.from_pretrained(path, use_safetensors=True))
         tensors = load_file(str(path / HEAD_FILE))
@@ -131,7 +191,59 @@ class RewardModel(nn.Module):
             model.head.bias.copy_(tensors["head_bias"])
             model.gain.copy_(tensors["gain"])
             model.bias.copy_(tensors["bias"])
-        return model.to(device).eval(), AutoTokenizer.from_pretrained(path)
+        return model
+
+
+def fold_offset(ln_f_bias: Tensor, score_weight: Tensor, offset: float) -> Tensor:
+    """The final layer norm's bias with a constant folded in, for a score layer without a bias:
+
+        ln_f.bias' = ln_f.bias + offset * w / (w · w)   =>   w · h' = w · h + offset
+
+    since ln_f adds its bias to every hidden state last (h' = h + offset * w / (w · w)). The shift lies
+    along w: the smallest one that adds `offset`. `-offset` unfolds it again.
+    """
+    if offset == 0:
+        return ln_f_bias.clone()
+    w = score_weight.double().reshape(-1)
+    if w.dot(w) == 0:
+        raise ValueError(f"fold_offset: cannot fold offset {offset} into ln_f: the score weight is all zeros")
+    return (ln_f_bias.double() + offset * w.to(ln_f_bias.device) / w.dot(w)).to(ln_f_bias.dtype)
+
+
+def _load_classifier(path: Path) -> GPT2ForSequenceClassification:
+    """The saved `GPT2ForSequenceClassification`, after checking the directory holds one (one label)."""
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"no reward model at {path.resolve()} (looked for {path / 'config.json'} and "
+                                f"{path / HEAD_FILE}); make one with: python -m rlhf_lab reward --prefs FILE --out DIR")
+    config = AutoConfig.from_pretrained(path)
+    if "GPT2ForSequenceClassification" not in (config.architectures or []) or config.num_labels != 1:
+        raise ValueError(f"{path / 'config.json'}: not a reward model (architectures {config.architectures}, "
+                         f"num_labels {config.num_labels}); expected GPT2ForSequenceClassification with one label, "
+                         "as written by RewardModel.save (is this a policy checkpoint?)")
+    with quiet_loading():
+        return GPT2ForSequenceClassification.from_pretrained(path, use_safetensors=True)
+
+
+def convert_checkpoint(path) -> Path:
+    """Rewrite an old two-file reward model (GPT2Model + reward_head.safetensors) in place, in `save`'s layout.
+
+    Only the weights change (model.safetensors, config.json; the head file goes); scores stay the same
+    to float32 rounding, and the tokenizer and the run's other files (metrics.json, ...) are kept. The
+    new files are written to a staging folder first and then moved over the old ones, so the weights
+    being read are never overwritten while in use.
+    """
+    path = Path(path)
+    if not (path / HEAD_FILE).is_file():
+        raise FileNotFoundError(f"{path}: no {HEAD_FILE}, so not an old-layout reward model (nothing to convert)")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*old reward-model layout")  # what we are acting on
+        model, tokenizer = RewardModel.load(path)
+    with tempfile.TemporaryDirectory(dir=path.parent) as staging:
+        model.save(staging, tokenizer)
+        for name in ("config.json", "model.safetensors"):
+            os.replace(Path(staging) / name, path / name)
+    (path / HEAD_FILE).unlink()
+    return path
 
 
 def encode_answers(tokenizer, prompts: list[str], answers: list[str], device) -> tuple[Tensor, Tensor]:

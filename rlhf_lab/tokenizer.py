@@ -39,6 +39,10 @@ UNK = "<|unk|>"
 # Order fixes the ids: pad=0, unk=1, user=2, assistant=3, end=4.
 SPECIAL_TOKENS = [PAD, UNK, USER, ASSISTANT, END]
 PUNCTUATION = [".", ",", "?", "!", ":"]
+# What the tokenizer returns for the model. transformers 4.x tokenizers also return token_type_ids by
+# default, and GPT-2 adds the embedding of token id 0 for each of them: `model(**tokenizer(texts))`
+# would silently compute something else than our trainers (who pass ids and mask only).
+MODEL_INPUT_NAMES = ["input_ids", "attention_mask"]
 # Numbers are whole words; arithmetic answers stay in this range, so they are always in the
 # vocabulary even if the corpus used to build it happens to miss one.
 NUMBERS = [str(n) for n in range(201)]
@@ -46,13 +50,16 @@ NUMBERS = [str(n) for n in range(201)]
 # Jinja chat template (the format `apply_chat_template` renders). Turns are joined by single
 # spaces; an assistant turn is closed by the end token; the generation prompt is the open
 # assistant marker. Any other role is an error rather than silently dropped text.
+# {% generation %} marks what the assistant writes (its answer and the end token, not the marker):
+# `apply_chat_template(..., return_assistant_tokens_mask=True)`, and so TRL's SFTTrainer with
+# `assistant_only_loss=True`, then trains on exactly the tokens our SFT loss mask keeps.
 CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
     "{%- if not loop.first %} {% endif -%}"
     "{%- if message['role'] == 'user' -%}"
     "<|user|> {{ message['content'] }}"
     "{%- elif message['role'] == 'assistant' -%}"
-    "<|assistant|> {{ message['content'] }} <|end|>"
+    "<|assistant|> {% generation %}{{ message['content'] }} <|end|>{% endgeneration %}"
     "{%- else -%}"
     "{{ raise_exception('RLHF Lab chats have only user and assistant turns, got role: ' + message['role']) }}"
     "{%- endif -%}"
@@ -126,6 +133,7 @@ def build_tokenizer(words: Iterable[str]) -> PreTrainedTokenizerFast:
         # transformers' clean-up would rewrite spaces around punctuation; our decoder already
         # produces the exact world text.
         clean_up_tokenization_spaces=False,
+        model_input_names=MODEL_INPUT_NAMES,
     )
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
@@ -136,14 +144,16 @@ def save_tokenizer(tokenizer: PreTrainedTokenizerFast, out_dir: str | os.PathLik
 
     transformers 5 records its own class name (`TokenizersBackend`, unknown to 4.x), names the
     extra special tokens `extra_special_tokens` and puts the chat template in a separate
-    `chat_template.jinja` (which 4.4x does not read). We rewrite `tokenizer_config.json` in the
-    form both versions understand, so that a checkpoint saved here also loads on Colab.
+    `chat_template.jinja` (which 4.4x does not read); 4.x returns `token_type_ids` unless told the
+    model's input names. We rewrite `tokenizer_config.json` in the form both versions understand, so
+    that a checkpoint saved here also loads, and tokenizes, the same on Colab.
     """
     out_dir = Path(out_dir)
     tokenizer.save_pretrained(out_dir)
     config_path = out_dir / "tokenizer_config.json"
     config = json.loads(config_path.read_text())
     config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config["model_input_names"] = MODEL_INPUT_NAMES  # 4.x would otherwise add token_type_ids (see above)
     extra = config.pop("extra_special_tokens", None)
     if isinstance(extra, list) and extra:
         config["additional_special_tokens"] = extra

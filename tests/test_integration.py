@@ -16,5 +16,5 @@ def test_pipeline_improves_the_simulated_humans_score(tmp_path):
     assert ppo["win_rate"] > 0.5
     assert ppo["refusal_rate_harmful"] >= ppo["sft"]["refusal_rate_harmful"] - 0.1
     for name in ("report.json", "ppo_training.png", "behaviour.png", "ppo/metrics.json", "ppo/history.csv",
-                 "reward/metrics.json", "reward/reward_head.safetensors", "preferences.jsonl"):
+                 "reward/metrics.json", "reward/model.safetensors", "preferences.jsonl"):
         assert (tmp_path / name).exists(), name

@@ -136,3 +136,5 @@ def test_saved_config_is_readable_by_transformers_4(tokenizer, tmp_path):
     assert config["tokenizer_class"] == "PreTrainedTokenizerFast"
     assert config["chat_template"] == tokenizer.chat_template
     assert not (tmp_path / "chat_template.jinja").exists()
+    # 4.x tokenizers return token_type_ids unless told otherwise, and GPT-2 would add an embedding for them.
+    assert list(AutoTokenizer.from_pretrained(tmp_path)(["hi"]).keys()) == ["input_ids", "attention_mask"]
