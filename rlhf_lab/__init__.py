@@ -24,6 +24,7 @@ Modules map to lessons (notebooks/NN_*.ipynb); each holds one idea.
     all     `plotting`           the lessons' charts
     all     `diagrams`           the lessons' diagrams of each mechanism
     all     `exercises`          the checks of the learner's exercises
+    all     `experiments`        guided experiments: knobs, and claims checked only at the defaults
     all     `stages`             each stage as one function, chained by `run_pipeline`
     all     `cli`                `python -m rlhf_lab` (`__main__` runs it)
     all     `config`             scales, devices, seeds, where files live
