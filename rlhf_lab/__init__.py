@@ -34,6 +34,7 @@ Modules map to lessons (notebooks/NN_*.ipynb); each holds one idea.
     08      `trl_formats`        our data in TRL's conversational formats
     08      `colab`              running the lessons on Google Colab
     --      `maintain`           maintainers' commands that rewrite the repository's notebooks
+    --      `lesson_runs`        running every lesson: their committed outputs, the course's wall time
 
 The rules the RL code follows are numbered in docs/implementation_rules.md.
 """

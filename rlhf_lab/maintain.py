@@ -2,6 +2,9 @@
 
     python -m rlhf_lab.maintain colab    write the Open-in-Colab badge and install cell into every
                                          lesson, and the badge table into the README
+    python -m rlhf_lab.maintain outputs [NN ...] [--no-write] [--json FILE]
+                                         run the lessons at laptop scale, in order, in one fresh
+                                         artifacts folder; write their outputs; print their times
 """
 
 from __future__ import annotations
@@ -80,15 +83,26 @@ def write_colab_cells() -> list[str]:
     return changed
 
 
-COMMANDS = {"colab": write_colab_cells}
+def write_outputs(lessons: list[str], write: bool = True, json_path: Path | None = None) -> None:
+    from rlhf_lab.lesson_runs import run_lessons
+
+    run_lessons(lessons or None, scale="laptop", write=write, json_path=json_path)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rlhf_lab.maintain", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=sorted(COMMANDS))
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("colab", help="rewrite the Colab badge and install cell of every lesson and the README")
+    outputs = commands.add_parser("outputs", help="run the lessons at laptop scale and commit their outputs")
+    outputs.add_argument("lessons", nargs="*", help="lesson numbers or names (default: every lesson)")
+    outputs.add_argument("--no-write", action="store_true", help="only time the lessons; leave the notebooks")
+    outputs.add_argument("--json", type=Path, default=None, help="also write the times to this JSON file")
     args = parser.parse_args(argv)
-    COMMANDS[args.command]()
+    if args.command == "colab":
+        write_colab_cells()
+    else:
+        write_outputs(args.lessons, write=not args.no_write, json_path=args.json)
     return 0
 
 
