@@ -127,13 +127,13 @@ def ppo_policy_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, 
 
 def ppo_value_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor,
                    clip_eps: float = 0.2) -> tuple[Tensor, dict[str, float]]:
-    """The clipped value loss: the critic may not move more than ε from its rollout values.
+    """The clipped value loss: past ε from its rollout value (towards R), a token stops pulling V.
 
         V_clip = clip(V, V_old - ε, V_old + ε)
         L      = ½ mean_t max((V_t - R_t)^2, (V_clip_t - R_t)^2)
 
     Inside the band V_clip = V and this is plain squared error; outside it the max keeps the
-    larger (pessimistic) error.
+    larger (pessimistic) error. This removes the gradient; it does not bound the critic's step.
 
     Returns:
         loss: a scalar to minimise.
