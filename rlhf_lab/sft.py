@@ -132,10 +132,20 @@ def learning_rate(step: int, cfg: LMConfig) -> float:
 
 
 def train_language_model(model, tokenizer, rows: list[dict], cfg: LMConfig, progress: bool = True,
-                         desc: str = "train") -> pd.DataFrame:
-    """The training loop: sample a batch, compute the masked loss, step. Returns the loss history."""
+                         desc: str = "train", heldout_rows: list[dict] | None = None,
+                         eval_every: int = 50) -> pd.DataFrame:
+    """The training loop: sample a batch, compute the masked loss, step. Returns the loss history.
+
+    With `heldout_rows` (dialogues kept out of training), the history also has a `heldout_loss`
+    column: the same masked loss on them, every `eval_every` steps and at the last step (NaN on the
+    other rows), measured on the same model as that row's training loss, before the step's update.
+    Evaluating draws no random numbers: the model trained is the same with or without it.
+    """
     if not rows:
         raise ValueError("no training rows: the dialogue file is empty")
+    if heldout_rows is not None and (not heldout_rows or eval_every < 1):
+        raise ValueError(f"train_language_model: heldout_rows needs at least one row (got {len(heldout_rows)}) "
+                         f"and eval_every at least 1 (got {eval_every})")
     device = next(model.parameters()).device
     examples = encode_dialogues(tokenizer, rows)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -149,6 +159,8 @@ def train_language_model(model, tokenizer, rows: list[dict], cfg: LMConfig, prog
         for group in optimizer.param_groups:
             group["lr"] = lr
         batch_index = next(batches)
+        evaluate_now = heldout_rows is not None and (step % eval_every == 0 or step == cfg.steps - 1)
+        heldout = heldout_loss(model, tokenizer, heldout_rows, cfg.response_only) if evaluate_now else math.nan
         input_ids, attention_mask, loss_mask = (
             t.to(device)
             for t in collate([examples[i] for i in batch_index], tokenizer.pad_token_id, cfg.response_only))
@@ -160,10 +172,11 @@ def train_language_model(model, tokenizer, rows: list[dict], cfg: LMConfig, prog
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         tokens_seen += int(attention_mask.sum())
-        if step % cfg.log_every == 0 or step == cfg.steps - 1:
+        if step % cfg.log_every == 0 or step == cfg.steps - 1 or evaluate_now:
             elapsed = time.perf_counter() - start
             history.append({"step": step, "loss": loss.item(), "lr": lr, "tokens": tokens_seen,
-                            "tokens_per_s": tokens_seen / elapsed})
+                            "tokens_per_s": tokens_seen / elapsed, **({} if heldout_rows is None else
+                                                                       {"heldout_loss": heldout})})
             bar.set_postfix(loss=f"{loss.item():.3f}")
     model.eval()
     frame = pd.DataFrame(history)
@@ -175,6 +188,8 @@ def train_language_model(model, tokenizer, rows: list[dict], cfg: LMConfig, prog
 def heldout_loss(model, tokenizer, rows: list[dict], response_only: bool = True, batch_size: int = 64) -> float:
     """Average masked loss on `rows` (no training): how well the model imitates them."""
     device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
     examples = encode_dialogues(tokenizer, rows)
     total, count = 0.0, 0.0
     for i in range(0, len(examples), batch_size):
@@ -183,4 +198,5 @@ def heldout_loss(model, tokenizer, rows: list[dict], response_only: bool = True,
         n = loss_mask[:, 1:].sum().item()
         total += lm_loss(forward(model, input_ids, attention_mask), input_ids, loss_mask).item() * n
         count += n
+    model.train(was_training)
     return total / max(count, 1)

@@ -187,3 +187,49 @@ def test_short_sft_run_lowers_the_heldout_loss_on_demonstrations(tokenizer):
 def test_training_on_no_rows_is_a_clear_error(tokenizer):
     with pytest.raises(ValueError, match="empty"):
         sft.train_language_model(policy.new_policy("nano", tokenizer), tokenizer, [], sft.LMConfig(steps=1))
+
+
+# ----- the validation curve: held-out loss during training ------------------------------------
+
+
+def run_with_heldout(tokenizer, heldout_rows, eval_every: int = 2):
+    rows = data.load_dialogues(data.world_file("sft"))[:200]
+    model = policy.new_policy("nano", tokenizer, seed=0)
+    cfg = sft.LMConfig(steps=5, batch_size=8, lr=1e-3, warmup_steps=1, response_only=True, seed=3, log_every=1)
+    before = sft.heldout_loss(model, tokenizer, heldout_rows) if heldout_rows else None
+    history = sft.train_language_model(model, tokenizer, rows, cfg, progress=False, heldout_rows=heldout_rows,
+                                       eval_every=eval_every)
+    return model, history, before
+
+
+def test_heldout_loss_is_recorded_every_eval_every_steps_and_at_the_last(tokenizer):
+    heldout = data.load_dialogues(data.world_file("sft"))[-20:]
+    model, history, before = run_with_heldout(tokenizer, heldout)
+    assert history["step"].tolist() == [0, 1, 2, 3, 4]
+    measured = history.set_index("step")["heldout_loss"]
+    assert measured[[1, 3]].isna().all() and measured[[0, 2, 4]].notna().all()
+    # Step 0's value is the untrained model's loss on the held-out rows: the same computation.
+    assert measured[0] == pytest.approx(before, rel=1e-6)
+    # The model is left in eval mode, as without held-out rows.
+    assert not model.training
+
+
+def test_evaluating_on_heldout_rows_does_not_change_the_training(tokenizer):
+    heldout = data.load_dialogues(data.world_file("sft"))[-20:]
+    with_eval, history_with, _ = run_with_heldout(tokenizer, heldout)
+    without_eval, history_without, _ = run_with_heldout(tokenizer, None)
+    assert "heldout_loss" not in history_without
+    # Same batches, same updates: evaluation draws no random numbers and leaves no gradients.
+    assert history_with["loss"].tolist() == history_without["loss"].tolist()
+    for (name, trained), (_, untouched) in zip(with_eval.named_parameters(), without_eval.named_parameters()):
+        assert torch.equal(trained, untouched), name
+
+
+def test_bad_heldout_arguments_are_clear_errors(tokenizer):
+    rows = data.load_dialogues(data.world_file("sft"))[:8]
+    model = policy.new_policy("nano", tokenizer, seed=0)
+    cfg = sft.LMConfig(steps=1, batch_size=4)
+    with pytest.raises(ValueError, match="heldout_rows needs at least one row"):
+        sft.train_language_model(model, tokenizer, rows, cfg, progress=False, heldout_rows=[])
+    with pytest.raises(ValueError, match="eval_every at least 1"):
+        sft.train_language_model(model, tokenizer, rows, cfg, progress=False, heldout_rows=rows, eval_every=0)
