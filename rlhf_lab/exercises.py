@@ -467,7 +467,7 @@ def check_pairs_from_ranking(my_pairs_from_ranking: Callable) -> Callable:
 def check_noise_ceiling(my_noise_ceiling: Callable) -> Callable:
     """Lesson 03: E[max(p, 1 - p)], against `judge.noise_ceiling`."""
     def trials(ceiling_function):
-        generator = torch.Generator().manual_seed(3)
+        random_probabilities = torch.rand(50, generator=torch.Generator().manual_seed(3)).tolist()
         cases = [
             ("two coin-flip pairs, p = [0.5, 0.5]", [0.5, 0.5],
              "when p = 0.5 even a perfect model of the annotator is right half of the time"),
@@ -476,7 +476,7 @@ def check_noise_ceiling(my_noise_ceiling: Callable) -> Callable:
               "one, and predicting it is right 90% of the time")),
             ("p = [1.0, 1.0, 0.0] (an annotator who never hesitates)", [1.0, 1.0, 0.0],
              "a pair with p = 0 is as predictable as one with p = 1"),
-            ("50 random probabilities", torch.rand(50, generator=generator).tolist(),
+            ("50 random probabilities", random_probabilities,
              "the ceiling is the mean over pairs of max(p, 1 - p)"),
         ]
         for case, probabilities, hint in cases:
@@ -653,8 +653,7 @@ def check_per_token_rewards(my_per_token_rewards: Callable) -> Callable:
 def check_gae_advantages(my_gae_advantages: Callable) -> Callable:
     """Lesson 05: GAE's λ = 0 and λ = 1 extremes, a discount, and padding, against `ppo.gae`."""
     def trials(gae_function):
-        generator = torch.Generator().manual_seed(6)
-        rewards, values = torch.randn(2, 2, 6, generator=generator)
+        rewards, values = torch.randn(2, 2, 6, generator=torch.Generator().manual_seed(6))
         one_row = torch.ones(1, 6)
         mask = _right_padded_mask([4, 6], 6)
         junk_rewards, junk_values = torch.where(mask.bool(), rewards, 9.0), torch.where(mask.bool(), values, -9.0)
