@@ -5,9 +5,14 @@ answers, which yields C(K, 2) pairs for the price of one reading. Every label go
 `PreferenceStore` (durably, before the widget shows the next item), and the reward model of
 lesson 04 is trained on exactly those pairs.
 
+Given the simulated human's score (`judge_score`), a widget can reveal its verdict: after each
+label (`reveal=True` or "each"), after every batch of `reveal_every` labels (`reveal="batch"`, so
+the learner judges a whole batch on their own before seeing a verdict, instead of being anchored
+by the last one), or never (`reveal=False` or "never"; agreement is still measured).
+
 Only controls that exist in both ipywidgets 7.7.1 (Colab) and 8.x are used. Everything the
-buttons do is also a plain method (`choose`, `submit`, `skip`, `undo`), so the widgets can be
-driven, and tested, from Python without a browser.
+buttons do is also a plain method (`choose`, `submit`, `skip`, `undo`, `reveal_now`), so the
+widgets can be driven, and tested, from Python without a browser.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ import ipywidgets as widgets
 from rlhf_lab.preferences import PreferenceRecord, PreferenceStore, item_key, ranking_to_pairs
 
 JudgeScore = Callable[[str, str], float]  # (prompt, answer) -> score, higher is better
+REVEAL_MODES = ("each", "batch", "never")
+PROMPT_CHARS = 70  # a prompt is cut to this many characters in the table of a batch's verdicts
 
 
 def judge_agreement(records: Iterable[PreferenceRecord], judge_score: JudgeScore) -> float | None:
@@ -41,6 +48,15 @@ def judge_agreement(records: Iterable[PreferenceRecord], judge_score: JudgeScore
             compared += 1
             agreed += chosen_score > rejected_score
     return agreed / compared if compared else None
+
+
+def reveal_mode(reveal: bool | str) -> str:
+    """"each", "batch" or "never" from the `reveal` argument (True is "each", False is "never")."""
+    if reveal is True or reveal is False:
+        return "each" if reveal else "never"
+    if reveal in REVEAL_MODES:
+        return reveal
+    raise ValueError(f"reveal must be True, False or one of {REVEAL_MODES}, got {reveal!r}")
 
 
 def _cached(judge_score: JudgeScore | None) -> JudgeScore | None:
@@ -69,6 +85,18 @@ def _text_html(text: str, title: str = "") -> str:
 def _message_html(message: str, is_error: bool = False) -> str:
     style = ' style="color: #b00020;"' if is_error else ""  # else inherit: readable in dark themes too
     return f"<div{style}>{html.escape(message)}</div>"
+
+
+def _table_html(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A small HTML table of plain-text cells (escaped)."""
+    def row_html(cells, tag):
+        return "<tr>" + "".join(f'<{tag} style="text-align: left; padding: 1px 8px;">{html.escape(str(cell))}</{tag}>'
+                                for cell in cells) + "</tr>"
+    return "<table>" + row_html(header, "th") + "".join(row_html(row, "td") for row in rows) + "</table>"
+
+
+def _short(text: str, limit: int = PROMPT_CHARS) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _agreement_message(rate: float | None) -> str:
@@ -103,12 +131,19 @@ class _Labeler:
     that report errors, the message line, display."""
 
     def _start(self, items: list, answers_of: Callable, store: PreferenceStore, annotator: str,
-               target: int | None, judge_score: JudgeScore | None, reveal: bool, source: str) -> None:
+               target: int | None, judge_score: JudgeScore | None, reveal: bool | str, reveal_every: int,
+               source: str) -> None:
         """Keep the settings; queue the items this annotator has not labelled yet (resume)."""
         self.items, self.store, self.annotator, self.source = items, store, annotator, source
         self.target = len(items) if target is None else int(target)
         self.judge_score = _cached(judge_score)
-        self.reveal = reveal
+        self.reveal = reveal_mode(reveal)
+        if isinstance(reveal_every, bool) or not isinstance(reveal_every, int) or reveal_every < 1:
+            raise ValueError(f"reveal_every must be a whole number >= 1, got {reveal_every!r}")
+        self.reveal_every = reveal_every
+        # (item index, the learner's verdict) of the labels whose judge verdict is not shown yet ("batch").
+        self._unrevealed: list[tuple[int, object]] = []
+        self._details = ""  # HTML under the message: the table of a revealed batch
         self._item_keys = {item_key(item[0], answers_of(item)) for item in items}
         already_labelled = store.labelled_keys(annotator)
         self._queue = [index for index, item in enumerate(items)
@@ -118,6 +153,8 @@ class _Labeler:
 
     def _lay_out(self, answers: widgets.Widget, css_class: str) -> None:
         """The layout both labelers share: progress, prompt, answers, buttons, message, agreement rate."""
+        if self._batched:
+            self.buttons["reveal"] = _button("Show verdicts now", "rlhf-reveal", lambda: self._click(self.reveal_now))
         self.message_html = widgets.HTML()
         self.message_html.add_class("rlhf-message")
         self.agreement_label = widgets.Label()
@@ -139,11 +176,53 @@ class _Labeler:
             self.message_html.value = _message_html(f"Error: {error}", is_error=True)
             raise
 
+    @property
+    def _batched(self) -> bool:
+        return self.reveal == "batch" and self.judge_score is not None
+
     def _show_message(self) -> None:
-        """The last action's message and, when the judge is revealed, the running agreement rate."""
-        self.message_html.value = _message_html(self._message)
-        show_agreement = self.judge_score is not None and self.reveal
+        """The last action's message and, once every label has been revealed, the running agreement rate."""
+        self.message_html.value = _message_html(self._message) + self._details
+        show_agreement = self.judge_score is not None and (
+            self.reveal == "each" or (self.reveal == "batch" and not self._unrevealed))
         self.agreement_label.value = _agreement_message(self.agreement_rate) if show_agreement else ""
+        if "reveal" in self.buttons:
+            self.buttons["reveal"].disabled = not self._unrevealed
+
+    def _after_label(self, index: int, verdict: object, message: str) -> None:
+        """The message after a label: `message` now ("each"/"never"), or wait for the batch ("batch")."""
+        self._details = ""
+        if not self._batched:
+            self._message = message
+            return
+        self._unrevealed.append((index, verdict))
+        if len(self._unrevealed) >= self.reveal_every or self.done:
+            self._reveal_batch()
+        else:
+            self._message = (f"Saved. {len(self._unrevealed)} of {self.reveal_every} labels in this batch; "
+                             "the simulated human's verdicts come after the batch.")
+
+    def reveal_now(self) -> bool:
+        """Show the simulated human's verdicts on the labels given since the last reveal ("batch" mode)."""
+        if not self._unrevealed:
+            self._message, self._details = "No labels waiting for a verdict.", ""
+            self._redraw()
+            return False
+        self._reveal_batch()
+        self._redraw()
+        return True
+
+    def _reveal_batch(self) -> None:
+        """A table of the simulated human's verdicts on the unrevealed labels; they count as revealed."""
+        header, rows, agreed, compared = self._batch_table(self._unrevealed)
+        self._message = (f"Saved. The simulated human's verdicts on your last {len(rows)} label(s): "
+                         f"you agree on {agreed} of {compared} comparable pairs.")
+        self._details = _table_html(header, rows)
+        self._unrevealed = []
+
+    def _batch_table(self, entries: list[tuple[int, object]]) -> tuple[list[str], list[list[str]], int, int]:
+        """(header, one row per entry, pairs agreed, pairs comparable): each labeler builds its own."""
+        raise NotImplementedError
 
     def undo(self) -> bool:
         """Take back the last action of this session: its labels (a ranking's pairs all at once, with
@@ -155,7 +234,9 @@ class _Labeler:
         index, written_ids = self._history.pop()
         self.store.undo(written_ids)
         self._queue.insert(0, index)
-        self._message = "Undone: this item is back."
+        if self._unrevealed and self._unrevealed[-1][0] == index:  # a label not revealed yet leaves the batch
+            self._unrevealed.pop()
+        self._message, self._details = "Undone: this item is back.", ""
         self._redraw()
         return True
 
@@ -174,9 +255,11 @@ class PairwiseLabeler(_Labeler):
 
     items: (prompt, answer_a, answer_b) triples. Items this annotator already labelled in
     `store` are skipped, so re-running the cell resumes where the learner stopped. `target` is
-    the number of labelled items to aim for (default: all). With `judge_score` and `reveal`,
-    each choice is followed by the simulated human's verdict and a running agreement rate.
-    Undo takes back this session's actions, most recent first (a skip too).
+    the number of labelled items to aim for (default: all). With `judge_score`, the simulated
+    human's verdict and a running agreement rate follow each choice (`reveal=True` or "each"),
+    or each batch of `reveal_every` choices (`reveal="batch"`, with a "Show verdicts now" button
+    for a batch cut short), or never (`reveal=False`). Undo takes back this session's actions,
+    most recent first (a skip too); an undone label that was not revealed yet leaves its batch.
     """
 
     CHOICES = ("A", "B", "tie", "skip")
@@ -188,11 +271,12 @@ class PairwiseLabeler(_Labeler):
         annotator: str = "learner",
         target: int | None = None,
         judge_score: JudgeScore | None = None,
-        reveal: bool = True,
+        reveal: bool | str = True,
         source: str = "human",
+        reveal_every: int = 5,
     ):
         items = [_checked_pair_item(number, item) for number, item in enumerate(items)]
-        self._start(items, lambda item: item[1:], store, annotator, target, judge_score, reveal, source)
+        self._start(items, lambda item: item[1:], store, annotator, target, judge_score, reveal, reveal_every, source)
 
         self.progress, self.progress_label = _progress_widgets("rlhf-progress")
         self.prompt_html = widgets.HTML()
@@ -261,16 +345,21 @@ class PairwiseLabeler(_Labeler):
                 written_ids.append(record.id)
         self._queue.pop(0)
         self._history.append((index, written_ids))
-        self._message = self._verdict(choice, prompt, answer_a, answer_b)
+        if choice == "skip":  # no label: nothing to reveal
+            self._message, self._details = "Skipped.", ""
+        else:
+            self._after_label(index, choice, self._verdict(choice, prompt, answer_a, answer_b))
         self._redraw()
 
-    def _verdict(self, choice: str, prompt: str, answer_a: str, answer_b: str) -> str:
-        if choice == "skip":
-            return "Skipped."
-        if self.judge_score is None or not self.reveal:
-            return "Saved."
+    def _judge_choice(self, prompt: str, answer_a: str, answer_b: str) -> tuple[str, float, float]:
+        """The simulated human's choice, "A", "B" or "tie", and its two scores."""
         score_a, score_b = self.judge_score(prompt, answer_a), self.judge_score(prompt, answer_b)
-        judge_choice = "A" if score_a > score_b else "B" if score_b > score_a else "tie"
+        return ("A" if score_a > score_b else "B" if score_b > score_a else "tie"), score_a, score_b
+
+    def _verdict(self, choice: str, prompt: str, answer_a: str, answer_b: str) -> str:
+        if self.judge_score is None or self.reveal != "each":
+            return "Saved."
+        judge_choice, score_a, score_b = self._judge_choice(prompt, answer_a, answer_b)
         if judge_choice == "tie":
             verdict = "The simulated human rates both the same"
         else:
@@ -279,6 +368,18 @@ class PairwiseLabeler(_Labeler):
             " You agree." if choice == judge_choice else " You disagree."
         )
         return f"Saved. {verdict} (A: {score_a:.2f}, B: {score_b:.2f}).{agreement}"
+
+    def _batch_table(self, entries):
+        rows, agreed, compared = [], 0, 0
+        for index, choice in entries:
+            prompt, answer_a, answer_b = self.items[index]
+            judge_choice, score_a, score_b = self._judge_choice(prompt, answer_a, answer_b)
+            comparable = "tie" not in (choice, judge_choice)
+            compared += comparable
+            agreed += comparable and choice == judge_choice
+            mark = "yes" if comparable and choice == judge_choice else "no" if comparable else "-"
+            rows.append([_short(prompt), choice, f"{judge_choice} (A {score_a:.2f}, B {score_b:.2f})", mark])
+        return ["prompt", "you", "simulated human", "agree"], rows, agreed, compared
 
     # ----- display -----
 
@@ -307,8 +408,9 @@ class RankLabeler(_Labeler):
 
     items: (prompt, [answer, ...]) with K >= 2 different answers. A submitted ranking is saved
     as its C(K, 2) (better, worse) pairs, each carrying the full `ranking`. Resume, undo and
-    the judge's reveal work as in `PairwiseLabeler`; agreement is the share of pairs whose order
-    the judge's scores confirm.
+    the judge's reveal (after each ranking, after each batch of `reveal_every` rankings, or
+    never) work as in `PairwiseLabeler`; agreement is the share of pairs whose order the
+    judge's scores confirm.
     """
 
     UNRANKED = 0  # the dropdowns start here, so a ranking is always a deliberate choice
@@ -319,12 +421,13 @@ class RankLabeler(_Labeler):
         store: PreferenceStore,
         annotator: str = "learner",
         judge_score: JudgeScore | None = None,
-        reveal: bool = True,
+        reveal: bool | str = True,
         target: int | None = None,
         source: str = "human",
+        reveal_every: int = 3,
     ):
         items = [_checked_rank_item(number, item) for number, item in enumerate(items)]
-        self._start(items, lambda item: item[1], store, annotator, target, judge_score, reveal, source)
+        self._start(items, lambda item: item[1], store, annotator, target, judge_score, reveal, reveal_every, source)
         self.error: str | None = None  # why the last submit was refused, if it was
         self.rank_dropdowns: list[widgets.Dropdown] = []
 
@@ -393,7 +496,7 @@ class RankLabeler(_Labeler):
         written = self.store.add_many(records)
         self._queue.pop(0)
         self._history.append((index, [record.id for record, is_new in zip(records, written) if is_new]))
-        self._message = self._verdict(prompt, answers, ranking)
+        self._after_label(index, ranking, self._verdict(prompt, answers, ranking))
         self._redraw()
         return True
 
@@ -401,12 +504,11 @@ class RankLabeler(_Labeler):
         if self.done:
             raise RuntimeError("nothing left to skip")
         self._history.append((self._queue.pop(0), []))
-        self._message = "Skipped."
+        self._message, self._details = "Skipped.", ""
         self._redraw()
 
-    def _verdict(self, prompt: str, answers: list[str], ranking: list[str]) -> str:
-        if self.judge_score is None or not self.reveal:
-            return "Saved."
+    def _judge_order(self, prompt: str, answers: list[str], ranking: list[str]) -> tuple[str, int, int]:
+        """The simulated human's order ("B (2.50) > A (1.00)"), and how many of the ranking's pairs it confirms."""
         letter = {answer: string.ascii_uppercase[position] for position, answer in enumerate(answers)}
         scores = {answer: self.judge_score(prompt, answer) for answer in answers}
         judge_order = sorted(answers, key=lambda answer: -scores[answer])
@@ -414,7 +516,24 @@ class RankLabeler(_Labeler):
         pairs = [(better, worse) for position, better in enumerate(ranking) for worse in ranking[position + 1 :]]
         comparable = [(better, worse) for better, worse in pairs if scores[better] != scores[worse]]
         agreed = sum(scores[better] > scores[worse] for better, worse in comparable)
-        return f"Saved. The simulated human's order: {order_text}. You agree on {agreed} of {len(comparable)} pairs."
+        return order_text, agreed, len(comparable)
+
+    def _verdict(self, prompt: str, answers: list[str], ranking: list[str]) -> str:
+        if self.judge_score is None or self.reveal != "each":
+            return "Saved."
+        order_text, agreed, compared = self._judge_order(prompt, answers, ranking)
+        return f"Saved. The simulated human's order: {order_text}. You agree on {agreed} of {compared} pairs."
+
+    def _batch_table(self, entries):
+        rows, agreed, compared = [], 0, 0
+        for index, ranking in entries:
+            prompt, answers = self.items[index]
+            letter = {answer: string.ascii_uppercase[position] for position, answer in enumerate(answers)}
+            order_text, item_agreed, item_compared = self._judge_order(prompt, answers, ranking)
+            agreed, compared = agreed + item_agreed, compared + item_compared
+            rows.append([_short(prompt), " > ".join(letter[answer] for answer in ranking), order_text,
+                         f"{item_agreed} of {item_compared}"])
+        return ["prompt", "your order", "simulated human's order (score)", "pairs agreed"], rows, agreed, compared
 
     # ----- display -----
 

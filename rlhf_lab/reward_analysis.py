@@ -7,14 +7,33 @@ Lesson 04 measures its reward model against the simulated labeller, who is known
     bias_probe             does the model like length and flattery more than the judge does?
     gap_by_kind            which kinds of pairs (need knowledge, close calls, clear) cost accuracy
     reward_report          all of it for a set of held-out pairs (what the reward stage saves)
+
+and how many labels a reward model needs, with a small reward model that trains in milliseconds
+(a linear Bradley-Terry head on the frozen SFT transformer's features):
+
+    answer_features, pair_features   what a reward head reads: the hidden state at the last real token
+    fit_linear_head, head_accuracy   fit r = w · h to pairs with a Bradley-Terry loss; its accuracy
+    learning_curve                   held-out accuracy against the number of comparisons
 """
+
+from collections.abc import Callable
 
 import pandas as pd
 import torch
 from torch import Tensor
 
 from rlhf_lab.judge import judge
-from rlhf_lab.reward import RewardModel, bradley_terry_probability, pair_rewards, score_answers
+from rlhf_lab.masked import check_same_shape
+from rlhf_lab.policy import position_ids_from_mask
+from rlhf_lab.reward import (
+    RewardModel,
+    bradley_terry_loss,
+    bradley_terry_probability,
+    encode_answers,
+    last_real_index,
+    pair_rewards,
+    score_answers,
+)
 from rlhf_lab.world import FLATTERY, Prompt, count_phrases, normalise, parse_prompt, words_of
 
 
@@ -120,3 +139,96 @@ def reward_report(reward_model: RewardModel, tokenizer, heldout_pairs: list[dict
     return {"heldout_accuracy": float(correct.mean()), "accuracy_by_family": per_family,
             "calibration_error": expected_calibration_error,
             **bias_probe(reward_model, tokenizer, [p for p, _ in answers], [a for _, a in answers])}
+
+
+# =====================================================================================
+# How many labels does a reward model need? A Bradley-Terry head on frozen features.
+# =====================================================================================
+
+
+@torch.no_grad()
+def answer_features(backbone, tokenizer, prompts: list[str], answers: list[str], batch_size: int = 256) -> Tensor:
+    """h(x, y): the backbone's hidden state at each answer's last real token, `(N, d)` on the CPU.
+
+    It is what a reward head reads (`RewardModel.forward`). With the backbone frozen (the SFT
+    policy's transformer), a linear head on h is a small reward model that trains in milliseconds.
+    """
+    device = next(backbone.parameters()).device
+    features = []
+    for i in range(0, len(prompts), batch_size):
+        input_ids, attention_mask = encode_answers(tokenizer, prompts[i:i + batch_size], answers[i:i + batch_size],
+                                                   device)
+        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask,
+                          position_ids=position_ids_from_mask(attention_mask)).last_hidden_state
+        features.append(hidden[torch.arange(len(input_ids), device=device), last_real_index(attention_mask)].cpu())
+    return torch.cat(features) if features else torch.zeros(0, backbone.config.n_embd)
+
+
+def pair_features(backbone, tokenizer, pairs: list[dict]) -> tuple[Tensor, Tensor]:
+    """`answer_features` of every pair's chosen and rejected answer: two `(N, d)` tensors."""
+    prompts = [pair["prompt"] for pair in pairs]
+    return (answer_features(backbone, tokenizer, prompts, [pair["chosen"] for pair in pairs]),
+            answer_features(backbone, tokenizer, prompts, [pair["rejected"] for pair in pairs]))
+
+
+def fit_linear_head(chosen_features: Tensor, rejected_features: Tensor, weights: Tensor | None = None,
+                    loss: Callable = bradley_terry_loss, l2: float = 1e-3, steps: int = 200,
+                    lr: float = 0.05) -> Tensor:
+    """A reward linear in frozen features, r(x, y) = w · h(x, y), fitted by full-batch Adam on
+
+        loss(H_chosen w, H_rejected w, weights) + l2 ||w||^2
+
+    `loss` is a Bradley-Terry loss, `(chosen_rewards, rejected_rewards, weights)` -> scalar. There
+    is no bias term: Bradley-Terry sees only differences of rewards, where a bias cancels. The
+    small L2 penalty keeps w finite when a handful of pairs can all be explained perfectly.
+    """
+    check_same_shape("fit_linear_head", chosen_features=chosen_features, rejected_features=rejected_features)
+    if len(chosen_features) == 0:
+        raise ValueError("fit_linear_head: no pairs to fit")
+    chosen_features, rejected_features = chosen_features.float(), rejected_features.float()
+    w = torch.zeros(chosen_features.shape[1], requires_grad=True)
+    optimizer = torch.optim.Adam([w], lr=lr)
+    for _ in range(steps):
+        objective = loss(chosen_features @ w, rejected_features @ w, weights) + l2 * (w * w).sum()
+        optimizer.zero_grad()
+        objective.backward()
+        optimizer.step()
+    return w.detach()
+
+
+def head_accuracy(w: Tensor, chosen_features: Tensor, rejected_features: Tensor) -> float:
+    """Share of pairs whose chosen answer the linear reward w · h scores higher (an exact tie counts half)."""
+    margins = (chosen_features.float() - rejected_features.float()) @ w
+    return ((margins > 0).double() + 0.5 * (margins == 0).double()).mean().item()
+
+
+def item_subset(pairs: list[dict], n_pairs: int, generator: torch.Generator) -> list[int]:
+    """Indices of the first `n_pairs` pairs of randomly ordered labelling items (a prompt's pairs stay together),
+    the way a labeller would give them: whole items, one after another."""
+    by_item: dict[object, list[int]] = {}
+    for index, pair in enumerate(pairs):
+        by_item.setdefault(pair.get("group", pair["prompt"]), []).append(index)
+    items = list(by_item.values())
+    order = torch.randperm(len(items), generator=generator).tolist()
+    return [index for item in order for index in items[item]][:n_pairs]
+
+
+def learning_curve(pairs: list[dict], features: tuple[Tensor, Tensor], heldout_features: tuple[Tensor, Tensor],
+                   sizes: list[int], repeats: int = 5, seed: int = 0, loss: Callable = bradley_terry_loss,
+                   l2: float = 1e-3) -> pd.DataFrame:
+    """Held-out accuracy of `fit_linear_head` trained on n comparisons, for each n in `sizes`.
+
+    pairs, features: the training pairs and their (chosen, rejected) features; each of `repeats`
+    draws takes the pairs of random labelling items until it has n. One row per (n, draw):
+    `comparisons`, `draw`, `accuracy`. A size of all the pairs is drawn once (every draw is the same).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    for size in sizes:
+        if not 0 < size <= len(pairs):
+            raise ValueError(f"learning_curve: size {size} is not between 1 and the {len(pairs)} training pairs")
+        for draw in range(1 if size == len(pairs) else repeats):
+            chosen = item_subset(pairs, size, generator)
+            w = fit_linear_head(features[0][chosen], features[1][chosen], loss=loss, l2=l2)
+            rows.append({"comparisons": size, "draw": draw, "accuracy": head_accuracy(w, *heldout_features)})
+    return pd.DataFrame(rows)

@@ -316,3 +316,71 @@ def test_rank_items_are_validated(store):
         RankLabeler([("prompt", ["same", "same"])], store)
     with pytest.raises(ValueError, match="item 1"):
         RankLabeler([RANK_ITEMS[0], ("prompt", "not a list")], store)
+
+
+# ----- revealing the simulated human's verdict after a batch -----
+
+
+def test_batch_reveal_waits_for_the_batch_then_shows_every_verdict(store):
+    labeler = PairwiseLabeler(ITEMS, store, judge_score=judge_score, reveal="batch", reveal_every=3)
+    assert labeler.buttons["reveal"].description == "Show verdicts now"
+    assert "rlhf-reveal" in labeler.buttons["reveal"]._dom_classes and labeler.buttons["reveal"].disabled
+
+    labeler.buttons["A"].click()  # judge agrees (2.0 vs -1.0)
+    assert "Saved." in labeler.message_html.value and "1 of 3" in labeler.message_html.value
+    assert "prefers" not in labeler.message_html.value and "2.00" not in labeler.message_html.value
+    assert labeler.agreement_label.value == "", "no running agreement while a verdict is hidden"
+    assert not labeler.buttons["reveal"].disabled
+    labeler.buttons["skip"].click()  # a skip is no label: it does not count towards the batch
+    labeler.buttons["B"].click()  # item 2: the judge prefers A (1.0 vs -1.5): disagreement
+    assert "2 of 3" in labeler.message_html.value and "<table>" not in labeler.message_html.value
+
+    labeler.buttons["tie"].click()  # item 3 completes the batch of three labels
+    message = labeler.message_html.value
+    assert message.count("<tr>") == 1 + 3, "a header and one row per label of the batch"
+    assert "A (A 2.00, B -1.00)" in message and "A (A 1.00, B -1.50)" in message
+    assert "you agree on 1 of 2 comparable pairs" in message, "the tie says nothing about order"
+    assert labeler.agreement_rate == 0.5 and "50%" in labeler.agreement_label.value
+    assert labeler.buttons["reveal"].disabled and labeler.done
+
+
+def test_batch_reveal_now_shows_a_short_batch_and_undo_takes_a_hidden_label_out(store):
+    labeler = PairwiseLabeler(ITEMS, store, judge_score=judge_score, reveal="batch", reveal_every=5)
+    labeler.buttons["A"].click()
+    labeler.buttons["B"].click()
+    labeler.buttons["undo"].click()  # the second label leaves the store and the batch
+    assert "Undone" in labeler.message_html.value and labeler.agreement_label.value == "", "the first is still hidden"
+    assert len(reopened(store)) == 1
+    assert labeler.reveal_now() is True
+    assert labeler.message_html.value.count("<tr>") == 1 + 1 and "1 of 1 comparable" in labeler.message_html.value
+    assert labeler.agreement_label.value.endswith("100%")
+    assert labeler.reveal_now() is False and "No labels waiting" in labeler.message_html.value
+
+
+def test_batch_reveal_at_the_end_of_the_items_and_for_rankings(store):
+    labeler = PairwiseLabeler(ITEMS[:2], store, judge_score=judge_score, reveal="batch", reveal_every=10)
+    labeler.buttons["A"].click()
+    labeler.buttons["A"].click()  # the last item: the short batch is revealed
+    assert "you agree on 2 of 2" in labeler.message_html.value
+
+    ranker = RankLabeler(RANK_ITEMS, PreferenceStore(store.path.with_name("ranks.jsonl")),
+                         judge_score=judge_score, reveal="batch", reveal_every=2)
+    ranker.submit([4, 1, 2, 3])  # 5 of 6 pairs agree (see the test of rank agreement)
+    assert "1 of 2" in ranker.message_html.value and "order" not in ranker.message_html.value
+    ranker.submit([2, 1])  # disagreement
+    message = ranker.message_html.value
+    assert message.count("<tr>") == 1 + 2 and "B &gt; C &gt; D &gt; A" in message
+    assert "you agree on 5 of 7 comparable pairs" in message and "71%" in ranker.agreement_label.value
+
+
+@pytest.mark.parametrize("reveal, reveal_every", [("sometimes", 5), ("batch", 0), ("batch", 2.5), ("batch", True)])
+def test_bad_reveal_settings_are_refused(store, reveal, reveal_every):
+    with pytest.raises(ValueError, match="reveal"):
+        PairwiseLabeler(ITEMS, store, judge_score=judge_score, reveal=reveal, reveal_every=reveal_every)
+
+
+def test_without_a_judge_batch_mode_has_nothing_to_reveal(store):
+    labeler = PairwiseLabeler(ITEMS, store, reveal="batch")
+    assert "reveal" not in labeler.buttons
+    labeler.buttons["A"].click()
+    assert labeler.message_html.value.endswith("Saved.</div>")
