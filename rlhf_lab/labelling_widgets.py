@@ -264,17 +264,9 @@ class PairwiseLabeler(_Labeler):
 
     CHOICES = ("A", "B", "tie", "skip")
 
-    def __init__(
-        self,
-        items: Sequence[tuple[str, str, str]],
-        store: PreferenceStore,
-        annotator: str = "learner",
-        target: int | None = None,
-        judge_score: JudgeScore | None = None,
-        reveal: bool | str = True,
-        source: str = "human",
-        reveal_every: int = 5,
-    ):
+    def __init__(self, items: Sequence[tuple[str, str, str]], store: PreferenceStore, annotator: str = "learner",
+                 target: int | None = None, judge_score: JudgeScore | None = None, reveal: bool | str = True,
+                 source: str = "human", reveal_every: int = 5):
         items = [_checked_pair_item(number, item) for number, item in enumerate(items)]
         self._start(items, lambda item: item[1:], store, annotator, target, judge_score, reveal, reveal_every, source)
 
@@ -415,17 +407,9 @@ class RankLabeler(_Labeler):
 
     UNRANKED = 0  # the dropdowns start here, so a ranking is always a deliberate choice
 
-    def __init__(
-        self,
-        items: Sequence[tuple[str, Sequence[str]]],
-        store: PreferenceStore,
-        annotator: str = "learner",
-        judge_score: JudgeScore | None = None,
-        reveal: bool | str = True,
-        target: int | None = None,
-        source: str = "human",
-        reveal_every: int = 3,
-    ):
+    def __init__(self, items: Sequence[tuple[str, Sequence[str]]], store: PreferenceStore, annotator: str = "learner",
+                 judge_score: JudgeScore | None = None, reveal: bool | str = True, target: int | None = None,
+                 source: str = "human", reveal_every: int = 3):
         items = [_checked_rank_item(number, item) for number, item in enumerate(items)]
         self._start(items, lambda item: item[1], store, annotator, target, judge_score, reveal, reveal_every, source)
         self.error: str | None = None  # why the last submit was refused, if it was
