@@ -273,7 +273,7 @@ def score_answers(reward_model: RewardModel, tokenizer, prompts: list[str], answ
 
 @dataclass
 class RewardConfig:
-    epochs: int = 1  # InstructGPT trained its reward models for one epoch; more over-fits the comparisons
+    epochs: int = 1  # a single pass over the comparisons, as InstructGPT trained its reward models
     items_per_batch: int = 8  # labelling items per batch; every pair of one item lands in the same batch
     lr: float = 1e-4
     weight_decay: float = 0.0
