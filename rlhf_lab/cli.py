@@ -449,4 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, FileNotFoundError, ValueError) as error:  # bad input: one clear line, no traceback
         print(f"{parser.prog} {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except (OSError, FloatingPointError) as error:  # a full disk, a NaN: one line that says what was kept
+        print(f"{parser.prog} {args.command}: error: {error}", file=sys.stderr)
+        return 1
     return 0

@@ -5,7 +5,6 @@ is β (log π(y) - log π_ref(y)) up to a per-prompt constant. Plugging that imp
 Bradley-Terry loss gives a plain classification loss on preference pairs (Rafailov et al., 2023).
 """
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -17,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from rlhf_lab.checkpoints import read_json
 from rlhf_lab.checks import check_finite
 from rlhf_lab.config import SAMPLING_TEMPERATURE, artifacts_dir, data_dir, find_checkpoint, for_scale
 from rlhf_lab.evaluate import EvalConfig, frontier_point, measure_policy
@@ -120,7 +120,8 @@ def reward_model_preferences(reward_dir: str | Path | None = None) -> Path:
     except FileNotFoundError:  # no reward model yet: DPO does not need one
         return data_dir() / "world" / "preferences.jsonl"
     metrics_file = reward_dir / "metrics.json"
-    recorded = json.loads(metrics_file.read_text()).get("prefs") if metrics_file.is_file() else None
+    metrics = read_json(metrics_file) if metrics_file.is_file() else {}  # a corrupt file is named in the error
+    recorded = metrics.get("prefs") if isinstance(metrics, dict) else None
     if recorded and Path(recorded).is_file():
         return Path(recorded)
     lesson_store = artifacts_dir() / "preferences" / "preferences.jsonl"
