@@ -38,6 +38,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import struct
 import time
@@ -204,16 +205,23 @@ def atomic_folder(target: str | os.PathLike, keep_existing: bool = False, drop: 
                         _link_or_copy(path, staging / path.name)
             write_manifest(staging)
             _move_into_place(staging, target)
-        except OSError as error:
+        except BaseException as error:
             shutil.rmtree(staging, ignore_errors=True)
-            if not isinstance(error, FileNotFoundError) and _errno_name(error) in DISK_ERRORS:
-                raise _disk_error(error, target, had_target) from error
-            raise
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
+            system_error = _system_error(error)
+            if system_error is not None and _errno_name(system_error) in DISK_ERRORS:
+                raise _disk_error(system_error, target, had_target) from error
             raise
         finally:
             _open_staging.discard(staging.resolve())
+
+
+def _system_error(error: BaseException) -> OSError | None:
+    """The OSError behind an error: itself, or one that safetensors' Rust writer reports as text
+    ("... No space left on device (os error 28)")."""
+    if isinstance(error, OSError):
+        return error
+    found = re.search(r"\(os error (\d+)\)", str(error)) if isinstance(error, Exception) else None
+    return OSError(int(found.group(1)), os.strerror(int(found.group(1)))) if found else None
 
 
 def _errno_name(error: OSError) -> str:
@@ -390,22 +398,23 @@ def _check_manifest(path: Path) -> None:
                                         "(changed or cut short since)")
 
 
-def check_weights(path: str | os.PathLike, build: Callable) -> None:
+def check_weights(path: str | os.PathLike, build: Callable | None = None) -> None:
     """Every parameter of the model config.json describes is in model.safetensors, with its shape.
 
-    `build(config)` makes the model class (e.g. `AutoModelForCausalLM.from_config`); it is built on
-    the meta device, so no memory is allocated. Transformers itself would re-initialise a missing
-    tensor at random with only a warning, and report a wrong shape as a many-line table.
+    `build(config)` makes the model (default: the class config.json names in `architectures`); it is
+    built on the meta device, so no memory is allocated. Transformers itself would re-initialise a
+    missing tensor at random with only a warning, and report a wrong shape as a many-line table.
     """
     import torch
-    from transformers import AutoConfig
+    import transformers
 
     path = Path(path)
     try:
-        config = AutoConfig.from_pretrained(path)
+        config = transformers.AutoConfig.from_pretrained(path)
+        build = build or getattr(transformers, (config.architectures or ["AutoModel"])[0])
         with torch.device("meta"):
-            model = build(config)
-    except (ValueError, KeyError, TypeError, OSError) as error:
+            model = build(config) if build is not transformers.AutoModel else build.from_config(config)
+    except (ValueError, KeyError, TypeError, OSError, AttributeError) as error:
         raise CheckpointError(path / "config.json", f"does not describe a model ({str(error).splitlines()[0]})") \
             from None
     weights = path / "model.safetensors"

@@ -553,6 +553,8 @@ def read_ppo_state(path: str | Path) -> tuple[dict, list[dict]]:
                       "whether its weights, critic and optimizers come from one save", stacklevel=3)
     try:
         history = pd.read_csv(path / "history.csv").to_dict("records")
+    except pd.errors.EmptyDataError:  # saved before the first iteration: no rows, no columns
+        history = []
     except (ValueError, UnicodeDecodeError) as error:  # pandas' parser errors are ValueErrors
         raise CheckpointError(path / "history.csv", f"unreadable ({str(error).splitlines()[0]})") from None
     if len(history) != state["iteration"]:

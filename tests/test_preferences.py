@@ -232,12 +232,13 @@ def test_a_truncated_last_line_is_set_aside_and_reported_once(tmp_path):
     with pytest.warns(UserWarning, match="moved an incomplete last line"):
         store = PreferenceStore(path)
     assert store.errors == [] and store.records == [first]  # nothing left to block a lesson
-    assert store.add(make_record(2))
-    assert file_lines(path) == [json.dumps(first.to_dict()), json.dumps(make_record(2).to_dict())]
+    second = make_record(2)
+    assert store.add(second)
+    assert file_lines(path) == [json.dumps(first.to_dict()), json.dumps(second.to_dict())]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # reported once: opening again warns about nothing
         reopened = PreferenceStore(path)
-    assert reopened.records == [first, make_record(2)] and reopened.errors == reopened.set_aside == []
+    assert reopened.records == [first, second] and reopened.errors == reopened.set_aside == []
     assert (tmp_path / "prefs.jsonl.incomplete").read_text(encoding="utf-8") == '{"prompt": "half a rec\n'
 
 
@@ -250,12 +251,13 @@ def test_without_a_lock_a_truncated_last_line_stays_and_the_next_append_starts_a
     path.write_text(json.dumps(first.to_dict()) + "\n" + '{"prompt": "half a rec', encoding="utf-8")
     with pytest.warns(UserWarning):
         store = PreferenceStore(path)
-    assert store.add(make_record(2))
+    second = make_record(2)
+    assert store.add(second)
     assert path.read_text(encoding="utf-8").startswith(json.dumps(first.to_dict()) + "\n" + '{"prompt": "half a rec\n')
 
     with pytest.warns(UserWarning):
         reopened = PreferenceStore(path)
-    assert reopened.records == [first, make_record(2)]
+    assert reopened.records == [first, second]
     assert len(reopened.errors) == 1 and f"{path}, line 2: invalid JSON" in reopened.errors[0]
 
 
