@@ -35,6 +35,7 @@ also compares each tensor's shape with the model config.json describes. A proble
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -43,6 +44,7 @@ import shutil
 import struct
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -119,7 +121,7 @@ def _turn(target: Path):
             lock.close()  # closing releases the lock
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
     """Flush a file or a folder (its list of names) to disk; folders cannot be opened everywhere."""
     try:
         descriptor = os.open(path, os.O_RDONLY)
@@ -153,22 +155,25 @@ def write_manifest(folder: Path) -> None:
 def _move_into_place(staging: Path, target: Path) -> None:
     """Rename the finished staging folder to `target`, setting an existing target aside first."""
     for path in staging.iterdir():
-        _fsync(path)
-    _fsync(staging)
+        fsync_path(path)
+    fsync_path(staging)
     aside = None
     if target.exists():
         aside = _sibling(target, "old")
         os.rename(target, aside)
-    os.rename(staging, target)
-    _fsync(target.parent)
+    try:
+        os.rename(staging, target)
+    except OSError:
+        if aside is not None:
+            os.rename(aside, target)  # put the old one back at once
+        raise
+    fsync_path(target.parent)
     if aside is not None:
         shutil.rmtree(aside, ignore_errors=True)
 
 
 def _disk_error(error: OSError, target: Path, had_target: bool) -> OSError:
     """The same error, saying which save failed and that nothing already saved was touched."""
-    import errno
-
     kept = "the checkpoint already there is unchanged" if had_target else "nothing was saved there"
     code = error.errno if error.errno is not None else errno.EIO
     return OSError(code, f"could not save {target}: {error.strerror or error}; {kept}")
@@ -225,8 +230,6 @@ def _system_error(error: BaseException) -> OSError | None:
 
 
 def _errno_name(error: OSError) -> str:
-    import errno
-
     return errno.errorcode.get(error.errno, "") if error.errno is not None else ""
 
 
@@ -260,7 +263,7 @@ def _recover(target: Path, clean: bool) -> str | None:
         # set aside right before a finished one is renamed into place.
         restored = finished[-1] if finished else set_aside[-1]
         os.rename(restored, target)
-        _fsync(target.parent)
+        fsync_path(target.parent)
         what = "finished the save that was interrupted" if finished else "restored the previous checkpoint"
         message = f"{target}: a save was interrupted; {what} (from {restored.name})"
     if clean:
@@ -363,7 +366,9 @@ def check_checkpoint(path: str | os.PathLike, kind: str = "policy") -> Path:
     file that is missing, cut short or unreadable.
     """
     path = Path(path)
-    recover(path)
+    finished = recover(path)
+    if finished:
+        warnings.warn(finished, stacklevel=2)
     required = REQUIRED_FILES[kind]
     first = required[0].split("|")[0]
     if not (path / first).is_file():

@@ -99,6 +99,9 @@ def _existing(text: str, kind: str, is_kind, otherwise: str) -> Path:
 
 
 def checkpoint_folder(text: str) -> Path:
+    from rlhf_lab.checkpoints import recover
+
+    recover(text)  # a save a crash interrupted between its two renames is finished first
     path = _existing(text, "checkpoint folder", Path.is_dir, "is a file, expected a checkpoint folder")
     if not (path / "config.json").is_file() and not (path / "best_of_n.json").is_file():
         raise argparse.ArgumentTypeError(f"{path} is not a checkpoint (it has no config.json)")

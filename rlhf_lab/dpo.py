@@ -22,7 +22,7 @@ from rlhf_lab.config import SAMPLING_TEMPERATURE, artifacts_dir, data_dir, find_
 from rlhf_lab.evaluate import EvalConfig, frontier_point, measure_policy
 from rlhf_lab.masked import check_same_shape, masked_sum, weighted_mean
 from rlhf_lab.policy import encode_prompts, response_logprobs
-from rlhf_lab.preferences import PreferenceStore
+from rlhf_lab.preferences import read_preference_file
 from rlhf_lab.reward import item_batches, pairs_from_records, split_by_prompt
 from rlhf_lab.tokenizer import END
 
@@ -136,11 +136,7 @@ def preference_pairs(path: str | Path, learner_weight: float = 2.0) -> list[dict
     Ties and identical answers are dropped; the learner's own labels are kept (with their
     `weight` and `source`), so DPO learns from exactly what the reward model learned from.
     """
-    store = PreferenceStore(path)
-    if not len(store):
-        raise ValueError(f"{path}: no preference records; make some with "
-                         "python -m rlhf_lab label --simulate 6000 --policy DIR --out FILE")
-    return pairs_from_records(store.records, learner_weight)
+    return pairs_from_records(read_preference_file(path).records, learner_weight)
 
 
 def encode_responses(tokenizer, prompts: list[str], answers: list[str], device) -> tuple[Tensor, Tensor, int, Tensor]:

@@ -24,6 +24,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
+from rlhf_lab.checkpoints import fsync_path
 from rlhf_lab.jsonl import DataFormatError
 
 try:
@@ -373,7 +374,7 @@ class PreferenceStore:
             self._catch_up(file, may_set_aside)
             yield file
         if is_new_file:
-            _fsync_directory(self.path.parent)  # so the new file's name itself survives a crash
+            fsync_path(self.path.parent)  # so the new file's name itself survives a crash
 
     def _append(self, file, lines: list[str]) -> None:
         """Append lines and fsync before returning: once this returns, the lines survive a crash."""
@@ -436,17 +437,16 @@ def _stacklevel_outside_this_module() -> int:
     return level
 
 
-def _fsync_directory(directory: Path) -> None:
-    try:
-        descriptor = os.open(directory, os.O_RDONLY)
-    except OSError:  # e.g. Windows cannot open directories; the data itself is already synced
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
+def read_preference_file(path: str | os.PathLike) -> PreferenceStore:
+    """The store of a preference file that training reads: it must exist and hold records."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such preference file" + (" (it is a folder)" if path.is_dir() else ""))
+    store = PreferenceStore(path)
+    if not len(store):
+        raise ValueError(f"{path}: no preference records; make some with "
+                         "python -m rlhf_lab label --simulate 6000 --policy DIR --out FILE")
+    return store
 
 
 def check_preference_file(path: str | os.PathLike) -> None:

@@ -45,7 +45,7 @@ from rlhf_lab.evaluate import (
 )
 from rlhf_lab.judge import DEFAULT_LABELLER, SimulatedLabeller, noise_ceiling
 from rlhf_lab.labelling import label_probabilities, sample_candidates, simulate_labels
-from rlhf_lab.preferences import PreferenceStore
+from rlhf_lab.preferences import PreferenceStore, read_preference_file
 
 BEST_OF_N_FILE = "best_of_n.json"
 
@@ -170,10 +170,7 @@ def reward_stage(out: Path, *, prefs_path: Path, scale: str | None = None, polic
     """Train a reward model on a preference file, normalise it on SFT samples, measure it."""
     scale, device = _setup(scale, seed, device)
     cfg = reward.reward_config(scale, seed=seed, **overrides)
-    store = PreferenceStore(prefs_path)
-    if not len(store):
-        raise ValueError(f"{prefs_path}: no preference records; make some with "
-                         "python -m rlhf_lab label --simulate 6000 --policy DIR --out FILE")
+    store = read_preference_file(prefs_path)
     pairs = reward.pairs_from_records(store.records, cfg.learner_weight)
     train_pairs, heldout_pairs = reward.checked_split(pairs, cfg.heldout_fraction, seed, prefs_path)
     sft_model, tokenizer = policy.load_policy(Path(policy_dir or find_checkpoint("sft")), device)

@@ -105,8 +105,7 @@ def test_a_crash_between_the_two_renames_is_finished_by_the_next_reader(sft, art
     # The state a crash leaves right after the first rename: the old folder set aside, the new one staged.
     os.rename(artifacts / "sft", artifacts / ".sft.old-00000000000000000001-aaaaaaaa")
     os.rename(artifacts / "next", artifacts / ".sft.new-00000000000000000002-bbbbbbbb")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
+    with pytest.warns(UserWarning, match="a save was interrupted; finished the save that was interrupted"):
         assert find_checkpoint("sft") == artifacts / "sft"
     assert load_policy(artifacts / "sft")[0].transformer.wpe.weight[0, 0].item() == 1234.0
     save_policy(model, tokenizer, artifacts / "sft")  # the next save clears the leftovers
@@ -121,7 +120,8 @@ def test_a_crash_before_the_new_folder_was_finished_restores_the_old_one(sft, ar
     unfinished = artifacts / ".sft.new-00000000000000000002-bbbbbbbb"
     unfinished.mkdir()
     (unfinished / "config.json").write_text("{")  # no checkpoint.json: this save never finished
-    assert find_checkpoint("sft") == artifacts / "sft"
+    with pytest.warns(UserWarning, match="restored the previous checkpoint"):
+        assert find_checkpoint("sft") == artifacts / "sft"
     assert tree(artifacts / "sft") == before
 
 
@@ -261,6 +261,14 @@ def test_every_bad_argument_is_one_line_exit_2_and_writes_nothing(argv, named, t
     message = clean_error(capsys, *[arg.replace("{tmp}", str(tmp_path)) for arg in argv])
     assert named in message, message
     assert tree(tmp_path) == before
+
+
+def test_a_mistyped_preference_file_says_no_such_file_from_python_too(tmp_path):
+    with pytest.raises(FileNotFoundError, match="prefrences.jsonl: no such preference file"):
+        stages.reward_stage(tmp_path / "rm", prefs_path=tmp_path / "prefrences.jsonl", scale="ci")
+    with pytest.raises(FileNotFoundError, match="no such preference file"):
+        dpo.preference_pairs(tmp_path / "prefrences.jsonl")
+    assert sorted(tmp_path.iterdir()) == []
 
 
 def test_cuda_on_a_machine_without_one_and_an_unwritable_out_are_one_line_errors(tmp_path, capsys):
