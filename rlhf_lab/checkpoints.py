@@ -21,6 +21,9 @@ TARGET is missing for a moment; a crash right then leaves both complete folders 
 one into place, or else the old one back. Saves of one target take turns (a lock on the file
 `.NAME.lock`, where the system has `fcntl`), so recovery never mistakes a running save for a dead one.
 
+Because a save replaces the whole folder, it refuses a folder that holds anything but a checkpoint
+or a run's files (`check_replaceable`): `--out artifacts` must not delete every other run.
+
 Why not versioned subfolders behind a pointer (a symlink swapped atomically)? Hugging Face's
 `from_pretrained(TARGET)`, TRL and Google Drive all expect TARGET to be a plain folder of files.
 The price of a staging copy is disk space: replacing a checkpoint needs room for two.
@@ -64,6 +67,8 @@ REQUIRED_FILES = {
                            "history.csv", "ppo_state.json|trainer_state.json"),
     "best-of-n": ("best_of_n.json",),
 }
+# A folder holding one of these is a checkpoint or a run's output, which a save may replace.
+RUN_FILES = ("config.json", "metrics.json", "best_of_n.json", MANIFEST)
 # Bytes per element of each safetensors dtype (to check that every tensor's bytes are all there).
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4,
                "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
@@ -179,6 +184,19 @@ def _disk_error(error: OSError, target: Path, had_target: bool) -> OSError:
     return OSError(code, f"could not save {target}: {error.strerror or error}; {kept}")
 
 
+def check_replaceable(target: str | os.PathLike) -> None:
+    """Refuse a folder a save must not replace: one that holds folders, or files but no checkpoint or
+    run (no config.json, metrics.json, best_of_n.json or checkpoint.json). A save replaces the whole
+    folder, so `--out artifacts` (instead of `artifacts/sft`) would otherwise delete every other run."""
+    target = Path(target)
+    entries = [path for path in target.iterdir() if not path.name.startswith(".")] if target.is_dir() else []
+    folders = [path.name for path in entries if path.is_dir()]
+    if entries and (folders or not any((target / name).is_file() for name in RUN_FILES)):
+        what = f"folders (e.g. {folders[0]})" if folders else f"files but no checkpoint (e.g. {entries[0].name})"
+        raise ValueError(f"{target} holds {what}; a save replaces the whole folder, so choose a new or empty one "
+                         f"(e.g. {target / 'run'})")
+
+
 @contextlib.contextmanager
 def atomic_folder(target: str | os.PathLike, keep_existing: bool = False, drop: Iterable[str] = ()):
     """`with atomic_folder(TARGET) as folder:` write the files into `folder`; on leaving the block
@@ -196,6 +214,7 @@ def atomic_folder(target: str | os.PathLike, keep_existing: bool = False, drop: 
         return
     if target.exists() and not target.is_dir():
         raise NotADirectoryError(f"{target} is a file; a checkpoint is a folder")
+    check_replaceable(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     with _turn(target):
         _recover(target, clean=True)

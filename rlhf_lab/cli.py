@@ -119,6 +119,18 @@ def output_folder(text: str) -> Path:
     return path
 
 
+def run_folder(text: str) -> Path:
+    """An output folder a stage may replace whole: new, empty, or a previous run's."""
+    from rlhf_lab.checkpoints import check_replaceable
+
+    path = output_folder(text)
+    try:
+        check_replaceable(path)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return path
+
+
 def output_file(text: str) -> Path:
     """A file we can create or append to."""
     path = Path(text)
@@ -144,8 +156,9 @@ def _common(parser: argparse.ArgumentParser, out: str | None = "output folder") 
     parser.add_argument("--device", default=None,
                         help="cpu, cuda, cuda:N or mps (default: $RLHF_LAB_DEVICE, else the best available)")
     parser.add_argument("--seed", type=int, default=0, help="random seed: the same seed repeats a CPU run exactly")
-    if out:
-        parser.add_argument("--out", required=True, type=output_folder, help=out)
+    if out:  # a stage's output replaces the folder; the pipeline's holds one folder per stage
+        folder = output_folder if parser.prog.endswith("pipeline") else run_folder
+        parser.add_argument("--out", required=True, type=folder, help=out)
 
 
 def _config_flags(parser: argparse.ArgumentParser, command: str) -> None:

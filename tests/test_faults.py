@@ -125,6 +125,13 @@ def test_a_crash_before_the_new_folder_was_finished_restores_the_old_one(sft, ar
     assert tree(artifacts / "sft") == before
 
 
+def test_a_save_never_replaces_a_folder_that_is_not_a_checkpoint(sft, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="holds files but no checkpoint .*notes.txt"):
+        save_policy(*sft, tmp_path)
+    assert tree(tmp_path) == {"notes.txt": b"mine"}
+
+
 # =====================================================================================
 # A full disk: the save fails, the previous checkpoint stays whole and findable.
 # =====================================================================================
@@ -233,6 +240,7 @@ BAD_ARGUMENTS = [
     (["ppo", "--beta", "nan", "--out", "{tmp}/ppo"], "--beta"),
     (["ppo", "--device", "bogus", "--out", "{tmp}/ppo"], "--device"),
     (["ppo", "--out", "{tmp}/a_file"], "a_file is a file"),
+    (["sft", "--out", "{tmp}"], "holds folders"),  # e.g. artifacts/ instead of artifacts/sft: never replaced
     (["reward", "--prefs", "{tmp}", "--out", "{tmp}/rm"], "is a folder"),
     (["reward", "--prefs", "{tmp}/prefrences.jsonl", "--out", "{tmp}/rm"], "no such file"),
     (["label", "--simulate", "3", "--policy", str(SHIPPED / "sft"), "--out", "{tmp}/sft.jsonl"],
