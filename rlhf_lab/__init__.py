@@ -29,6 +29,7 @@ Modules map to lessons (notebooks/NN_*.ipynb); each holds one idea.
     all     `cli`                `python -m rlhf_lab` (`__main__` runs it)
     all     `config`             scales, devices, seeds, where files live
     all     `checks`             stopping a run at the first NaN, naming it
+    all     `checkpoints`        checkpoint folders written all at once, and checked before they are read
     all     `data`               the world's corpora, generated from one seed, and their readers
     all     `jsonl`              JSON Lines files: checked reading, atomic writing
     08      `trl_formats`        our data in TRL's conversational formats

@@ -99,6 +99,9 @@ def _existing(text: str, kind: str, is_kind, otherwise: str) -> Path:
 
 
 def checkpoint_folder(text: str) -> Path:
+    from rlhf_lab.checkpoints import recover
+
+    recover(text)  # a save a crash interrupted between its two renames is finished first
     path = _existing(text, "checkpoint folder", Path.is_dir, "is a file, expected a checkpoint folder")
     if not (path / "config.json").is_file() and not (path / "best_of_n.json").is_file():
         raise argparse.ArgumentTypeError(f"{path} is not a checkpoint (it has no config.json)")
@@ -113,6 +116,18 @@ def output_folder(text: str) -> Path:
     existing = next(parent for parent in [path, *path.absolute().parents] if parent.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise argparse.ArgumentTypeError(f"cannot write into {existing} (to create {path})")
+    return path
+
+
+def run_folder(text: str) -> Path:
+    """An output folder a stage may replace whole: new, empty, or a previous run's."""
+    from rlhf_lab.checkpoints import check_replaceable
+
+    path = output_folder(text)
+    try:
+        check_replaceable(path)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
     return path
 
 
@@ -141,8 +156,9 @@ def _common(parser: argparse.ArgumentParser, out: str | None = "output folder") 
     parser.add_argument("--device", default=None,
                         help="cpu, cuda, cuda:N or mps (default: $RLHF_LAB_DEVICE, else the best available)")
     parser.add_argument("--seed", type=int, default=0, help="random seed: the same seed repeats a CPU run exactly")
-    if out:
-        parser.add_argument("--out", required=True, type=output_folder, help=out)
+    if out:  # a stage's output replaces the folder; the pipeline's holds one folder per stage
+        folder = output_folder if parser.prog.endswith("pipeline") else run_folder
+        parser.add_argument("--out", required=True, type=folder, help=out)
 
 
 def _config_flags(parser: argparse.ArgumentParser, command: str) -> None:
@@ -449,4 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, FileNotFoundError, ValueError) as error:  # bad input: one clear line, no traceback
         print(f"{parser.prog} {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except (OSError, FloatingPointError) as error:  # a full disk, a NaN: one line that says what was kept
+        print(f"{parser.prog} {args.command}: error: {error}", file=sys.stderr)
+        return 1
     return 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import warnings
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -109,12 +110,26 @@ def find_checkpoint(stage: str) -> Path:
     """The newest checkpoint of a stage: a run's artifact if there is one, else the shipped one.
 
     This is what lets every lesson run on its own: it uses what the previous lesson made if you
-    ran it, and the checkpoint shipped in data/checkpoints otherwise.
+    ran it, and the checkpoint shipped in data/checkpoints otherwise. Only a checkpoint the loaders
+    accept counts (`checkpoints.check_checkpoint`, `check_weights`): a folder with a file missing,
+    cut short or of the wrong shape is skipped, with a warning that names the folder and the file.
     """
+    from rlhf_lab.checkpoints import CheckpointError, check_checkpoint, check_weights
+
     candidates = [artifacts_dir() / stage, data_dir() / "checkpoints" / stage]
+    skipped = []
     for path in candidates:
-        if (path / "config.json").exists():
-            return path
+        try:
+            check_checkpoint(path, "reward" if stage == "reward" else "policy")  # also finishes an interrupted save
+            check_weights(path)
+        except (CheckpointError, FileNotFoundError) as error:
+            if not path.exists():
+                continue
+            skipped.append(f"skipped {path}: {error}")
+            warnings.warn(f"find_checkpoint({stage!r}) {skipped[-1]}", stacklevel=2)
+            continue
+        return path
     looked = " and ".join(str(p) for p in candidates)
     make = MAKE_COMMAND.get(stage, f"python -m rlhf_lab {stage} --out {candidates[0]}")
-    raise FileNotFoundError(f"no {stage!r} checkpoint: looked in {looked}. Make one with: {make}")
+    raise FileNotFoundError(f"no {stage!r} checkpoint: looked in {looked}{''.join('; ' + s for s in skipped)}. "
+                            f"Make one with: {make}")

@@ -5,7 +5,6 @@ is β (log π(y) - log π_ref(y)) up to a per-prompt constant. Plugging that imp
 Bradley-Terry loss gives a plain classification loss on preference pairs (Rafailov et al., 2023).
 """
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -17,12 +16,13 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from rlhf_lab.checkpoints import read_json
 from rlhf_lab.checks import check_finite
 from rlhf_lab.config import SAMPLING_TEMPERATURE, artifacts_dir, data_dir, find_checkpoint, for_scale
 from rlhf_lab.evaluate import EvalConfig, frontier_point, measure_policy
 from rlhf_lab.masked import check_same_shape, masked_sum, weighted_mean
 from rlhf_lab.policy import encode_prompts, response_logprobs
-from rlhf_lab.preferences import PreferenceStore
+from rlhf_lab.preferences import read_preference_file
 from rlhf_lab.reward import item_batches, pairs_from_records, split_by_prompt
 from rlhf_lab.tokenizer import END
 
@@ -120,7 +120,8 @@ def reward_model_preferences(reward_dir: str | Path | None = None) -> Path:
     except FileNotFoundError:  # no reward model yet: DPO does not need one
         return data_dir() / "world" / "preferences.jsonl"
     metrics_file = reward_dir / "metrics.json"
-    recorded = json.loads(metrics_file.read_text()).get("prefs") if metrics_file.is_file() else None
+    metrics = read_json(metrics_file) if metrics_file.is_file() else {}  # a corrupt file is named in the error
+    recorded = metrics.get("prefs") if isinstance(metrics, dict) else None
     if recorded and Path(recorded).is_file():
         return Path(recorded)
     lesson_store = artifacts_dir() / "preferences" / "preferences.jsonl"
@@ -135,11 +136,7 @@ def preference_pairs(path: str | Path, learner_weight: float = 2.0) -> list[dict
     Ties and identical answers are dropped; the learner's own labels are kept (with their
     `weight` and `source`), so DPO learns from exactly what the reward model learned from.
     """
-    store = PreferenceStore(path)
-    if not len(store):
-        raise ValueError(f"{path}: no preference records; make some with "
-                         "python -m rlhf_lab label --simulate 6000 --policy DIR --out FILE")
-    return pairs_from_records(store.records, learner_weight)
+    return pairs_from_records(read_preference_file(path).records, learner_weight)
 
 
 def encode_responses(tokenizer, prompts: list[str], answers: list[str], device) -> tuple[Tensor, Tensor, int, Tensor]:

@@ -31,6 +31,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
+from rlhf_lab.checkpoints import atomic_folder, check_checkpoint, check_weights
 from rlhf_lab.config import SAMPLING_TEMPERATURE
 from rlhf_lab.tokenizer import END, format_prompt, save_tokenizer
 
@@ -76,23 +77,33 @@ def save_policy(
     """Save weights (safetensors only), config and tokenizer to `out_dir`, loadable by `load_policy`
     or by `AutoModelForCausalLM.from_pretrained(out_dir)` / `AutoTokenizer.from_pretrained(out_dir)`.
 
-    Safetensors, not pickle: loading a pickled checkpoint can run arbitrary code.
+    Safetensors, not pickle: loading a pickled checkpoint can run arbitrary code. The files are
+    written beside `out_dir` and replace it all at once (`checkpoints.atomic_folder`): a crash or a
+    full disk mid-save leaves the previous checkpoint there, never half of each.
     """
-    model.save_pretrained(out_dir, safe_serialization=True)
-    save_tokenizer(tokenizer, out_dir)
+    with atomic_folder(out_dir) as folder:
+        model.save_pretrained(folder, safe_serialization=True)
+        save_tokenizer(tokenizer, folder)
 
 
 def load_policy(
     path: str | os.PathLike, device: str | torch.device = "cpu"
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a policy saved by `save_policy`; returns `(model, tokenizer)`, the model in eval mode."""
+    """Load a policy saved by `save_policy`; returns `(model, tokenizer)`, the model in eval mode.
+
+    The folder is checked first (`checkpoints.check_checkpoint`, `check_weights`): a missing, cut
+    short or mismatched file is reported by name instead of a traceback from deep in transformers.
+    """
     path = Path(path)
-    if not (path / "config.json").is_file():
+    try:
+        check_checkpoint(path, "policy")
+    except FileNotFoundError:
         raise FileNotFoundError(
             f"no policy checkpoint at {path.resolve()} (looked for {path / 'config.json'}); make one with "
             "`python -m rlhf_lab pretrain --out DIR` or `python -m rlhf_lab sft --policy BASE --out DIR`, "
             "or use the shipped data/checkpoints/base and data/checkpoints/sft"
-        )
+        ) from None
+    check_weights(path, AutoModelForCausalLM.from_config)
     with quiet_loading():
         # use_safetensors=True: never fall back to unpickling a .bin file.
         model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True)

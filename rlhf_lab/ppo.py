@@ -11,6 +11,7 @@ token) and 0 on pads; pad slots may hold junk and are never read.
 import copy
 import json
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 from transformers import GPT2Model
 
+from rlhf_lab.checkpoints import CheckpointError, atomic_folder, check_checkpoint, check_parts, file_digest, read_json
 from rlhf_lab.checks import check_finite
 from rlhf_lab.config import SAMPLING_TEMPERATURE, for_scale
 from rlhf_lab.judge import judge
@@ -482,29 +484,34 @@ class PPOTrainer:
     # ----- checkpoints: safetensors and JSON only, so resuming never unpickles anything -----
 
     def save(self, out: str | Path) -> None:
-        out = Path(out)
-        save_policy(self.policy, self.tokenizer, out)
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.critic.state_dict().items()},
-                  str(out / "critic.safetensors"))
-        for name, optimizer in (("policy", self.policy_optimizer), ("critic", self.critic_optimizer)):
-            state = optimizer.state_dict()["state"]
-            save_file({f"{index}.{key}": value.detach().cpu().contiguous().reshape(value.shape)
-                       for index, entries in state.items() for key, value in entries.items()},
-                      str(out / f"{name}_optimizer.safetensors"))
-        self.history_frame().to_csv(out / "history.csv", index=False)
-        (out / "trainer_state.json").write_text(json.dumps(
-            {"iteration": self.iteration, "beta": self.kl_controller.beta, "config": asdict(self.cfg),
-             "generator_state": self.generator.get_state().tolist()}, indent=1))
+        """Everything `resume` needs, written all at once (`checkpoints.atomic_folder`): the policy, the
+        critic, both optimizers, the history, and ppo_state.json with the iteration and each weights
+        file's sha256, so that a folder mixing the files of two saves is refused on resume."""
+        with atomic_folder(out) as folder:
+            save_policy(self.policy, self.tokenizer, folder)
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.critic.state_dict().items()},
+                      str(folder / "critic.safetensors"))
+            for name, optimizer in (("policy", self.policy_optimizer), ("critic", self.critic_optimizer)):
+                state = optimizer.state_dict()["state"]
+                save_file({f"{index}.{key}": value.detach().cpu().contiguous().reshape(value.shape)
+                           for index, entries in state.items() for key, value in entries.items()},
+                          str(folder / f"{name}_optimizer.safetensors"))
+            self.history_frame().to_csv(folder / "history.csv", index=False)
+            (folder / STATE_FILE).write_text(json.dumps(
+                {"iteration": self.iteration, "beta": self.kl_controller.beta, "config": asdict(self.cfg),
+                 "generator_state": self.generator.get_state().tolist(),
+                 "parts": {name: file_digest(folder / name) for name in STATE_PARTS}}, indent=1))
         self.saved_iteration = self.iteration
 
     def resume(self, path: str | Path) -> None:
-        """Continue from a checkpoint written by `save` (policy weights are loaded by the caller)."""
+        """Continue from a checkpoint written by `save` (policy weights are loaded by the caller).
+
+        Everything is checked before anything changes (`read_ppo_state`): a folder whose parts
+        come from different saves is refused, naming the part that does not belong.
+        """
         path = Path(path)
-        state_file = path / "trainer_state.json"
-        if not state_file.is_file():
-            raise FileNotFoundError(f"no PPO checkpoint to resume at {path.resolve()} (looked for {state_file})")
-        state = json.loads(state_file.read_text())
-        self.critic.load_state_dict(load_file(str(path / "critic.safetensors")))
+        state, history = read_ppo_state(path)
+        self.critic.load_state_dict(_saved_tensors(path / "critic.safetensors", self.critic.state_dict()))
         for name, optimizer in (("policy", self.policy_optimizer), ("critic", self.critic_optimizer)):
             tensors = load_file(str(path / f"{name}_optimizer.safetensors"))
             saved = optimizer.state_dict()
@@ -515,4 +522,53 @@ class PPOTrainer:
         self.iteration = state["iteration"]
         self.kl_controller.beta = state["beta"]
         self.generator.set_state(torch.tensor(state["generator_state"], dtype=torch.uint8))
-        self.history = pd.read_csv(path / "history.csv").to_dict("records")
+        self.history = history
+
+
+STATE_FILE = "ppo_state.json"
+OLD_STATE_FILE = "trainer_state.json"  # its name until 0.2: borrowed from the HF Trainer's, with another layout
+STATE_PARTS = ("model.safetensors", "critic.safetensors", "policy_optimizer.safetensors",
+               "critic_optimizer.safetensors")
+
+
+def read_ppo_state(path: str | Path) -> tuple[dict, list[dict]]:
+    """`(state, history rows)` of a PPO checkpoint written by `PPOTrainer.save`, once every part is
+    known to come from the same save: each weights file has the sha256 the state recorded, and the
+    history has one row per iteration done. Raises CheckpointError naming the part that does not."""
+    path = Path(path)
+    try:
+        check_checkpoint(path, "ppo")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no PPO checkpoint to resume at {path.resolve()} (looked for {path / STATE_FILE}); "
+                                "run without --resume to start one") from None
+    state_file = path / STATE_FILE if (path / STATE_FILE).is_file() else path / OLD_STATE_FILE
+    state = read_json(state_file)
+    missing = sorted({"iteration", "beta", "generator_state"} - set(state if isinstance(state, dict) else {}))
+    if missing:
+        raise CheckpointError(state_file, f"not a PPO state: no {', '.join(missing)}")
+    if "parts" in state:
+        check_parts(path, state["parts"], state_file, f"iteration {state['iteration']}")
+    else:
+        warnings.warn(f"{state_file}: an old PPO state without checksums; only the history's length can show "
+                      "whether its weights, critic and optimizers come from one save", stacklevel=3)
+    try:
+        history = pd.read_csv(path / "history.csv").to_dict("records")
+    except pd.errors.EmptyDataError:  # saved before the first iteration: no rows, no columns
+        history = []
+    except (ValueError, UnicodeDecodeError) as error:  # pandas' parser errors are ValueErrors
+        raise CheckpointError(path / "history.csv", f"unreadable ({str(error).splitlines()[0]})") from None
+    if len(history) != state["iteration"]:
+        raise CheckpointError(path / "history.csv", f"has {len(history)} rows, but {state_file.name} says "
+                              f"{state['iteration']} iterations were done: this folder mixes files of two saves")
+    return state, history
+
+
+def _saved_tensors(path: Path, expected: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The tensors of a safetensors file, after checking they have the names and shapes `expected` has."""
+    tensors = load_file(str(path))
+    for name, tensor in expected.items():
+        if name not in tensors or tensors[name].shape != tensor.shape:
+            found = "missing" if name not in tensors else f"shape {list(tensors[name].shape)}"
+            raise CheckpointError(path, f"tensor {name!r} is {found}, this trainer needs {list(tensor.shape)} "
+                                        "(was it saved with another model size?)")
+    return tensors

@@ -11,7 +11,9 @@ the file doubles as a complete log of the labelling session.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import inspect
 import json
 import os
 import warnings
@@ -22,7 +24,13 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
+from rlhf_lab.checkpoints import fsync_path
 from rlhf_lab.jsonl import DataFormatError
+
+try:
+    import fcntl
+except ImportError:  # Windows: stores on one file re-read it before each write, without a lock
+    fcntl = None
 
 SOURCES = ("human", "simulated")
 
@@ -65,7 +73,9 @@ def item_key(prompt: str, answers: Iterable[str]) -> tuple[str, ...]:
 class PreferenceRecord:
     """One human (or simulated-human) judgement: `chosen` is better than `rejected` for `prompt`.
 
-    `tie=True` means "equally good"; `chosen`/`rejected` then just keep the order shown.
+    `tie=True` means "equally good"; `chosen`/`rejected` then just keep the order shown. The two
+    answers must differ. One of them may be empty: a policy that ends its answer at once says
+    nothing, and the labeller judges that too (the shipped labels hold such pairs).
     `ranking` is set when the pair comes from ranking K answers: the full order, best first.
     `id` is computed from prompt/chosen/rejected/annotator (see `record_id`); leave it empty.
     """
@@ -85,6 +95,10 @@ class PreferenceRecord:
             value = getattr(self, name)
             if not isinstance(value, str):
                 raise RecordError(name, f"expected a string, got {value!r}")
+        if not self.prompt.strip():
+            raise RecordError("prompt", "empty: a label needs the prompt both answers reply to")
+        if self.chosen == self.rejected:
+            raise RecordError("rejected", "the same answer as 'chosen': a label compares two different answers")
         if self.source not in SOURCES:
             raise RecordError("source", f"expected one of {SOURCES}, got {self.source!r}")
         try:
@@ -148,7 +162,7 @@ def ranking_to_pairs(prompt: str, ranking: Sequence[str], **record_fields: Any) 
 
 
 class PreferenceStore:
-    """Preference labels in an append-only JSONL file that survives crashes.
+    """Preference labels in an append-only JSONL file that survives crashes and shared use.
 
     File format, one JSON object per line:
       - a record line: ``PreferenceRecord.to_dict()``;
@@ -162,33 +176,76 @@ class PreferenceStore:
         keeps the full history (what was labelled, then taken back);
       - malformed lines are reported (a warning each and `store.errors`) and skipped, never
         deleted: the file is evidence, and its owner decides how to fix it;
-      - a last line without its newline (a write cut short by a crash) is reported, and the
-        next append starts on a fresh line so it cannot glue onto a good record.
+      - a last line cut short by a crash (no newline, not JSON: never a confirmed label) is set
+        aside: moved to `NAME.incomplete` beside the file and reported once (a warning and
+        `store.set_aside`), so a crash never blocks the next session;
+      - several stores may share one file (two notebook kernels, the command line): every write
+        takes a lock on the file (fcntl, where the system has it) and first re-reads what others
+        appended, so a label is never refused as "already stored" when another store has undone
+        it, nor stored twice. Reading (`records`, `len`) shows the file as of this store's last
+        read or write; `refresh()` re-reads it.
     """
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self.errors: list[str] = []
+        self.errors: list[str] = []  # the file's bad lines, as of the last read
+        self.set_aside: list[str] = []  # incomplete last lines this store moved to the side file
         self._records: dict[str, PreferenceRecord] = {}  # by id, in the order they were added
-        if self.path.exists():
-            self._load()
+        self._seen: tuple | None = None  # the file's identity and size when this store last read or wrote it
+        self._warned: set[str] = set()
+        self.refresh()
 
     # ----- reading -----
 
-    def _load(self) -> None:
-        lines = self.path.read_bytes().split(b"\n")
+    def refresh(self) -> None:
+        """Re-read the file if anyone (another store, another process) changed it since this store did."""
+        if not self.path.exists():
+            self._records, self.errors, self._seen = {}, [], None
+            return
+        with _locked(self.path, write=False) as (file, may_set_aside):
+            self._catch_up(file, may_set_aside)
+
+    def _catch_up(self, file, may_set_aside: bool) -> None:
+        """With the file locked: replay it again if it is not as this store last left it."""
+        if _identity(file) != self._seen:
+            self._replay(file, may_set_aside)
+
+    def _replay(self, file, may_set_aside: bool) -> None:
+        """Rebuild the current records from every line of the file."""
+        file.seek(0)
+        lines = file.read().split(b"\n")
+        self._records, self.errors = {}, []
         # After a final newline split() leaves b""; anything else there is an unfinished write.
         *finished_lines, last_line = lines
         for number, raw in enumerate(finished_lines, start=1):
             if raw.strip():
                 self._apply_line(number, raw)
         if last_line.strip():
-            self._apply_line(len(lines), last_line, unfinished=True)
+            if may_set_aside and not _is_json(last_line):
+                self._set_aside(file, last_line, len(lines))
+            else:
+                self._apply_line(len(lines), last_line, unfinished=True)
+        self._seen = _identity(file)
+
+    def _set_aside(self, file, fragment: bytes, line_number: int) -> None:
+        """Move a crash's fragment (the file's unfinished last line) to the side file, then cut it off."""
+        side_file = self.path.with_name(self.path.name + ".incomplete")
+        with open(side_file, "ab") as side:
+            side.write(fragment + b"\n")
+            side.flush()
+            os.fsync(side.fileno())
+        file.truncate(os.fstat(file.fileno()).st_size - len(fragment))
+        file.flush()
+        os.fsync(file.fileno())
+        message = (f"{self.path}, line {line_number}: moved an incomplete last line (a write cut short by a crash, "
+                   f"never a confirmed label) to {side_file}: {fragment[:60]!r}")
+        self.set_aside.append(message)
+        self._warn(message)
 
     def _apply_line(self, number: int, raw: bytes, unfinished: bool = False) -> None:
         """Apply one line (a record or a tombstone) to the current records, or report it."""
         try:
-            data = json.loads(raw.decode("utf-8"))
+            data = json.loads(raw.decode("utf-8-sig"))  # -sig: tolerate a byte-order mark, as the data files do
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             if unfinished:
                 self._report(number, None, f"incomplete last line (no newline at the end; "
@@ -221,8 +278,13 @@ class PreferenceStore:
         # The same message format as every other data file: "path, line N, field 'x': problem".
         error = str(DataFormatError(self.path, line_number, field_name, problem))
         self.errors.append(error)
-        # stacklevel 5 points the warning at the line that opened the store (via _apply_line, _load, __init__).
-        warnings.warn(f"skipped a bad preference line: {error}", stacklevel=5)
+        self._warn(f"skipped a bad preference line: {error}")
+
+    def _warn(self, message: str) -> None:
+        """A warning pointing at the caller's line; each message once per store (re-reading repeats none)."""
+        if message not in self._warned:
+            self._warned.add(message)
+            warnings.warn(message, stacklevel=_stacklevel_outside_this_module())
 
     @property
     def records(self) -> list[PreferenceRecord]:
@@ -265,73 +327,126 @@ class PreferenceStore:
     def add_many(self, records: Sequence[PreferenceRecord]) -> list[bool]:
         """Append several records with one write and one fsync (e.g. all pairs of a ranking).
 
-        Returns, for each record, whether it was written (False: a duplicate id).
+        Returns, for each record, whether it was written (False: its id is already in the file).
         """
-        written, new_lines, new_ids = [], [], set()
         for record in records:
             if not isinstance(record, PreferenceRecord):
                 raise TypeError(f"expected a PreferenceRecord, got {type(record).__name__}")
-            is_new = record.id not in self._records and record.id not in new_ids
-            written.append(is_new)
-            if is_new:
+        with self._writing() as file:
+            written, new_ids = [], set()
+            for record in records:
+                is_new = record.id not in self._records and record.id not in new_ids
+                written.append(is_new)
                 new_ids.add(record.id)
-                new_lines.append(json.dumps(record.to_dict(), ensure_ascii=False))
-        if new_lines:
-            self._append(new_lines)
-            for record, is_new in zip(records, written):
-                if is_new:
-                    self._records[record.id] = record
+            new_records = [record for record, is_new in zip(records, written) if is_new]
+            if new_records:
+                self._append(file, [json.dumps(record.to_dict(), ensure_ascii=False) for record in new_records])
+                self._records.update((record.id, record) for record in new_records)
         return written
 
     def undo(self, ids: str | Sequence[str]) -> list[PreferenceRecord]:
         """Take back the records with these ids by appending one tombstone line; returns them."""
         ids = [ids] if isinstance(ids, str) else list(ids)
-        ids = [undone for undone in ids if undone in self._records]
-        if not ids:
+        self.refresh()
+        if not any(undone in self._records for undone in ids):
             return []
-        self._append([json.dumps({"undo": ids[0] if len(ids) == 1 else ids})])
-        return [self._records.pop(undone) for undone in ids]
+        with self._writing() as file:
+            ids = [undone for undone in dict.fromkeys(ids) if undone in self._records]
+            if ids:
+                self._append(file, [json.dumps({"undo": ids[0] if len(ids) == 1 else ids})])
+            return [self._records.pop(undone) for undone in ids]
 
     def undo_last(self, annotator: str | None = None) -> PreferenceRecord | None:
         """Take back the most recent record (of `annotator`, if given); None if there is none."""
+        self.refresh()
         for record in reversed(self._records.values()):
             if annotator is None or record.annotator == annotator:
-                return self.undo(record.id)[0]
+                undone = self.undo(record.id)
+                return undone[0] if undone else None
         return None
 
-    def _append(self, lines: list[str]) -> None:
-        """Append lines and fsync before returning: once this returns, the lines survive a crash."""
+    @contextlib.contextmanager
+    def _writing(self):
+        """The file, locked and caught up with what other stores wrote: decide, then `_append`."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         is_new_file = not self.path.exists()
-        with open(self.path, "ab+") as file:
-            # A crash may have left a last line without its newline; start on a fresh line so
-            # the broken fragment stays one bad line instead of ruining our good one.
-            prefix = b""
-            if file.seek(0, os.SEEK_END) > 0:
-                file.seek(-1, os.SEEK_END)
-                if file.read(1) != b"\n":
-                    prefix = b"\n"
-            file.write(prefix + "".join(line + "\n" for line in lines).encode("utf-8"))
-            file.flush()
-            os.fsync(file.fileno())
+        with _locked(self.path, write=True) as (file, may_set_aside):
+            self._catch_up(file, may_set_aside)
+            yield file
         if is_new_file:
-            _fsync_directory(self.path.parent)  # so the new file's name itself survives a crash
+            fsync_path(self.path.parent)  # so the new file's name itself survives a crash
+
+    def _append(self, file, lines: list[str]) -> None:
+        """Append lines and fsync before returning: once this returns, the lines survive a crash."""
+        # A last line without its newline (a record an editor saved so, or a fragment that could not be
+        # set aside) gets one first, so that it stays one line instead of gluing onto our good one.
+        size = os.fstat(file.fileno()).st_size
+        prefix = b""
+        if size > 0:
+            file.seek(size - 1)
+            if file.read(1) != b"\n":
+                prefix = b"\n"
+        file.write(prefix + "".join(line + "\n" for line in lines).encode("utf-8"))
+        file.flush()
+        os.fsync(file.fileno())
+        self._seen = _identity(file)
 
     def __repr__(self) -> str:
         return f"PreferenceStore({str(self.path)!r}, {len(self)} records, {len(self.errors)} errors)"
 
 
-def _fsync_directory(directory: Path) -> None:
+@contextlib.contextmanager
+def _locked(path: Path, write: bool):
+    """`(file, locked)`: the file opened for reading and appending, with an exclusive lock where the
+    system has fcntl (released on close). A file we may not write (e.g. shipped read-only data) is
+    opened for reading only, when `write` is False; `locked` then says False and nothing is changed."""
     try:
-        descriptor = os.open(directory, os.O_RDONLY)
-    except OSError:  # e.g. Windows cannot open directories; the data itself is already synced
-        return
+        file = open(path, "ab+")
+    except OSError:  # no permission, a read-only file system
+        if write:
+            raise
+        file = open(path, "rb")
+    with file:
+        locked = False
+        if fcntl is not None and file.writable():
+            with contextlib.suppress(OSError):  # e.g. a network drive without locks
+                fcntl.flock(file.fileno(), fcntl.LOCK_EX)
+                locked = True
+        yield file, locked
+
+
+def _identity(file) -> tuple:
+    """What changes whenever anyone writes to (or replaces) the file."""
+    status = os.fstat(file.fileno())
+    return status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns
+
+
+def _is_json(raw: bytes) -> bool:
     try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
+        json.loads(raw.decode("utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return True
+
+
+def _stacklevel_outside_this_module() -> int:
+    """`stacklevel` for warnings.warn that points at the first caller outside this module."""
+    frame, level = inspect.currentframe().f_back, 1
+    while frame is not None and frame.f_code.co_filename in (__file__, contextlib.__file__):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def read_preference_file(path: str | os.PathLike) -> PreferenceStore:
+    """The store of a preference file that training reads: it must exist and hold records."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such preference file" + (" (it is a folder)" if path.is_dir() else ""))
+    store = PreferenceStore(path)
+    if not len(store):
+        raise ValueError(f"{path}: no preference records; make some with "
+                         "python -m rlhf_lab label --simulate 6000 --policy DIR --out FILE")
+    return store
 
 
 def check_preference_file(path: str | os.PathLike) -> None:

@@ -10,8 +10,6 @@ Training the reward model r = maximising the likelihood of the observed choices.
 
 import copy
 import math
-import os
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,6 +28,7 @@ from transformers import (
 )
 
 from rlhf_lab import world
+from rlhf_lab.checkpoints import atomic_folder, check_checkpoint, check_weights
 from rlhf_lab.checks import check_finite
 from rlhf_lab.config import for_scale
 from rlhf_lab.masked import check_same_shape, weighted_mean
@@ -146,9 +145,9 @@ class RewardModel(nn.Module):
         with torch.no_grad():
             classifier.score.weight.copy_(score_weight)
             classifier.transformer.ln_f.bias.copy_(fold_offset(self.backbone.ln_f.bias.cpu(), score_weight, offset))
-        classifier.save_pretrained(out_dir, safe_serialization=True)
-        (out_dir / HEAD_FILE).unlink(missing_ok=True)  # `load` reads a head file first: none may be left stale
-        save_tokenizer(tokenizer, out_dir)
+        with atomic_folder(out_dir) as folder:  # all files at once: a crash leaves the old model whole
+            classifier.save_pretrained(folder, safe_serialization=True)
+            save_tokenizer(tokenizer, folder)
 
     @classmethod
     def load(cls, path, device="cpu"):
@@ -157,7 +156,7 @@ class RewardModel(nn.Module):
         Also reads the old two-file layout (a bare `GPT2Model` plus reward_head.safetensors), with a
         warning: Hugging Face cannot read that one, and `convert_checkpoint(path)` rewrites it.
         """
-        path = Path(path)
+        path = _checked_reward_folder(Path(path))
         if (path / HEAD_FILE).is_file():
             warnings.warn(f"{path}: old reward-model layout (GPT2Model + {HEAD_FILE}), which Hugging Face and TRL "
                           "cannot read; rewrite it with rlhf_lab.reward.convert_checkpoint(path)", stacklevel=2)
@@ -183,6 +182,7 @@ class RewardModel(nn.Module):
     @classmethod
     def _from_two_files(cls, path: Path) -> "RewardModel":
         """The layout `save` wrote before the reward model was a `GPT2ForSequenceClassification`."""
+        check_weights(path, GPT2Model)
         with quiet_loading():
             model = cls(GPT2Model.from_pretrained(path, use_safetensors=True))
         tensors = load_file(str(path / HEAD_FILE))
@@ -210,16 +210,23 @@ def fold_offset(ln_f_bias: Tensor, score_weight: Tensor, offset: float) -> Tenso
     return (ln_f_bias.double() + offset * w.to(ln_f_bias.device) / w.dot(w)).to(ln_f_bias.dtype)
 
 
+def _checked_reward_folder(path: Path) -> Path:
+    """`path`, once `checkpoints.check_checkpoint` found every file of a reward model there and whole."""
+    try:
+        return check_checkpoint(path, "reward")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no reward model at {path.resolve()} (looked for {path / 'config.json'}); "
+                                "make one with: python -m rlhf_lab reward --prefs FILE --out DIR") from None
+
+
 def _load_classifier(path: Path) -> GPT2ForSequenceClassification:
     """The saved `GPT2ForSequenceClassification`, after checking the directory holds one (one label)."""
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"no reward model at {path.resolve()} (looked for {path / 'config.json'} and "
-                                f"{path / HEAD_FILE}); make one with: python -m rlhf_lab reward --prefs FILE --out DIR")
     config = AutoConfig.from_pretrained(path)
     if "GPT2ForSequenceClassification" not in (config.architectures or []) or config.num_labels != 1:
         raise ValueError(f"{path / 'config.json'}: not a reward model (architectures {config.architectures}, "
                          f"num_labels {config.num_labels}); expected GPT2ForSequenceClassification with one label, "
                          "as written by RewardModel.save (is this a policy checkpoint?)")
+    check_weights(path, GPT2ForSequenceClassification)
     with quiet_loading():
         return GPT2ForSequenceClassification.from_pretrained(path, use_safetensors=True)
 
@@ -229,8 +236,8 @@ def convert_checkpoint(path) -> Path:
 
     Only the weights change (model.safetensors, config.json; the head file goes); scores stay the same
     to float32 rounding, and the tokenizer and the run's other files (metrics.json, ...) are kept. The
-    new files are written to a staging folder first and then moved over the old ones, so the weights
-    being read are never overwritten while in use.
+    new folder replaces the old one all at once (`checkpoints.atomic_folder`), so the weights being
+    read are never overwritten while in use, and a crash leaves the old layout whole.
     """
     path = Path(path)
     if not (path / HEAD_FILE).is_file():
@@ -238,11 +245,8 @@ def convert_checkpoint(path) -> Path:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*old reward-model layout")  # what we are acting on
         model, tokenizer = RewardModel.load(path)
-    with tempfile.TemporaryDirectory(dir=path.parent) as staging:
-        model.save(staging, tokenizer)
-        for name in ("config.json", "model.safetensors"):
-            os.replace(Path(staging) / name, path / name)
-    (path / HEAD_FILE).unlink()
+    with atomic_folder(path, keep_existing=True, drop=(HEAD_FILE,)) as folder:
+        model.save(folder, tokenizer)
     return path
 
 
@@ -326,6 +330,19 @@ def split_by_prompt(pairs: list[dict], heldout_fraction: float, seed: int) -> tu
         order = torch.randperm(len(prompts), generator=generator).tolist()
         heldout.update(prompts[i] for i in order[: max(1, round(len(prompts) * heldout_fraction))])
     return [p for p in pairs if p["prompt"] not in heldout], [p for p in pairs if p["prompt"] in heldout]
+
+
+def checked_split(pairs: list[dict], heldout_fraction: float, seed: int, source) -> tuple[list[dict], list[dict]]:
+    """`split_by_prompt`, refusing (before any training) a file that leaves nothing to train on or to measure."""
+    if not pairs:
+        raise ValueError(f"{source}: no usable preference pairs (every record is a tie)")
+    train_pairs, heldout_pairs = split_by_prompt(pairs, heldout_fraction, seed)
+    if not heldout_pairs or not train_pairs:
+        prompts = len({pair["prompt"] for pair in pairs})
+        raise ValueError(f"{source}: no prompt can be held out to measure accuracy ({prompts} distinct prompt(s); "
+                         "a family needs at least two prompts, one to train on and one to hold out); "
+                         "label answers to more prompts")
+    return train_pairs, heldout_pairs
 
 
 def item_batches(pairs: list[dict], items_per_batch: int, generator: torch.Generator) -> list[list[dict]]:

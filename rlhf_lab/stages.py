@@ -8,8 +8,8 @@ The lessons do the same steps cell by cell; these functions chain them with file
 
 Every stage starts the same way (`_setup`: scale, seed, device), starts from the SFT policy
 unless told otherwise (also the frozen reference), and writes its checkpoint (safetensors) plus
-`metrics.json` and `history.csv` (`save_run`). Stages take keyword arguments only, so a call
-says what each value is.
+`metrics.json` and `history.csv` (`save_run`), each save all at once (`checkpoints.atomic_folder`).
+Stages take keyword arguments only, so a call says what each value is.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 
 from rlhf_lab import best_of_n, data, dpo, plotting, policy, reward, reward_analysis, reward_hacking, rloo_grpo
+from rlhf_lab.checkpoints import CheckpointError, atomic_folder, read_json, write_json
 from rlhf_lab.config import (
     SAMPLING_TEMPERATURE,
     data_dir,
@@ -44,7 +45,7 @@ from rlhf_lab.evaluate import (
 )
 from rlhf_lab.judge import DEFAULT_LABELLER, SimulatedLabeller, noise_ceiling
 from rlhf_lab.labelling import label_probabilities, sample_candidates, simulate_labels
-from rlhf_lab.preferences import PreferenceStore
+from rlhf_lab.preferences import PreferenceStore, read_preference_file
 
 BEST_OF_N_FILE = "best_of_n.json"
 
@@ -66,15 +67,18 @@ def pipeline_config(scale: str | None = None, **overrides) -> PipelineConfig:
     return for_scale(PipelineConfig, PIPELINE_PRESETS, scale, **overrides)
 
 
-def save_run(out: Path, history: pd.DataFrame | None, metrics: dict, config=None) -> None:
-    """`history.csv`, `metrics.json` and `train_config.json` of a run, into `out`."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if history is not None:
-        history.to_csv(out / "history.csv", index=False)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    if config is not None:
-        (out / "train_config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
+def save_run(out: Path, history: pd.DataFrame | None, metrics: dict, config=None,
+             samples: pd.DataFrame | None = None) -> None:
+    """`history.csv`, `metrics.json`, `train_config.json` (and `samples.csv`) of a run, added to `out`
+    all at once: what is already there (the checkpoint) stays (`checkpoints.atomic_folder`)."""
+    with atomic_folder(out, keep_existing=True) as out:
+        if history is not None:
+            history.to_csv(out / "history.csv", index=False)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        if config is not None:
+            (out / "train_config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
+        if samples is not None:
+            samples.to_csv(out / "samples.csv", index=False)
 
 
 def _setup(scale: str | None, seed: int, device: str | None) -> tuple[str, torch.device]:
@@ -166,12 +170,9 @@ def reward_stage(out: Path, *, prefs_path: Path, scale: str | None = None, polic
     """Train a reward model on a preference file, normalise it on SFT samples, measure it."""
     scale, device = _setup(scale, seed, device)
     cfg = reward.reward_config(scale, seed=seed, **overrides)
-    store = PreferenceStore(prefs_path)
-    if not len(store):
-        raise ValueError(f"{prefs_path}: no preference records; make some with "
-                         "python -m rlhf_lab label --simulate 6000 --policy DIR --out FILE")
+    store = read_preference_file(prefs_path)
     pairs = reward.pairs_from_records(store.records, cfg.learner_weight)
-    train_pairs, heldout_pairs = reward.split_by_prompt(pairs, cfg.heldout_fraction, seed)
+    train_pairs, heldout_pairs = reward.checked_split(pairs, cfg.heldout_fraction, seed, prefs_path)
     sft_model, tokenizer = policy.load_policy(Path(policy_dir or find_checkpoint("sft")), device)
     reward_model = reward.RewardModel.from_policy(sft_model).to(device)
     started = time.perf_counter()
@@ -201,6 +202,8 @@ def ppo_stage(out: Path, *, scale: str | None = None, policy_dir: Path | None = 
 
     scale, device = _setup(scale, seed, device)
     cfg = ppo.ppo_config(scale, seed=seed, **overrides)
+    if resume:
+        ppo.read_ppo_state(out)  # refuse a missing or mixed checkpoint before loading anything
     model, reference, tokenizer = _policy_and_reference(policy_dir, device, Path(out) if resume else None)
     reward_model = _load_reward_model(reward_dir, device)
     demonstrations = data.load_dialogues(data.world_file("sft"))  # for the PPO-ptx term
@@ -214,8 +217,7 @@ def ppo_stage(out: Path, *, scale: str | None = None, policy_dir: Path | None = 
     metrics, frame = heldout_comparison(model, reference, tokenizer, eval_config(scale), reward_model)
     metrics = {"train_seconds": seconds, **metrics, "final_kl": float(history["kl"].iloc[-5:].mean()),
                "final_beta": float(history["beta"].iloc[-1]), "final_reward": float(history["reward"].iloc[-5:].mean())}
-    save_run(out, history, metrics, cfg)
-    frame.to_csv(Path(out) / "samples.csv", index=False)
+    save_run(out, history, metrics, cfg, samples=frame)
     return metrics
 
 
@@ -252,7 +254,7 @@ def run_pipeline(out: Path, *, scale: str | None = None, pretrain: bool = False,
     ppo_metrics = {k: v for k, v in report["ppo"].items() if k != "sft"}
     plotting.behaviour_bars({"SFT": report["ppo"]["sft"], "PPO": ppo_metrics},
                             title="SFT vs PPO on held-out prompts", path=out / "behaviour.png")
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_json(out / "report.json", report)
     return report
 
 
@@ -268,6 +270,7 @@ def dpo_stage(out: Path, *, scale: str | None = None, policy_dir: Path | None = 
     cfg = dpo.dpo_config(scale, seed=seed, **overrides)
     prefs_path = Path(prefs_path or dpo.reward_model_preferences())
     pairs = dpo.preference_pairs(prefs_path, cfg.learner_weight)
+    reward.checked_split(pairs, cfg.heldout_fraction, cfg.seed, prefs_path)  # the same split train_dpo makes
     model, reference, tokenizer = _policy_and_reference(policy_dir, device)
     started = time.perf_counter()
     history = dpo.train_dpo(model, reference, tokenizer, pairs, cfg, progress=progress, callback=callback)
@@ -278,8 +281,7 @@ def dpo_stage(out: Path, *, scale: str | None = None, policy_dir: Path | None = 
     metrics = {"train_seconds": seconds, "pairs": len(pairs), "prefs": str(prefs_path), "beta": cfg.beta, **metrics,
                "final_heldout_accuracy": float(last["heldout_accuracy"]), "final_kl": float(last["kl"]),
                "final_reward_margin": float(history["reward_margin"].iloc[-10:].mean())}
-    save_run(out, history, metrics, cfg)
-    frame.to_csv(Path(out) / "samples.csv", index=False)
+    save_run(out, history, metrics, cfg, samples=frame)
     return metrics
 
 
@@ -300,8 +302,7 @@ def group_stage(out: Path, *, method: str, scale: str | None = None, policy_dir:
     metrics = {"train_seconds": seconds, "method": method, "kl_in": cfg.kl_placement, "beta": cfg.beta, **metrics,
                "final_kl": float(history["kl"].iloc[-5:].mean()),
                "final_reward": float(history["reward"].iloc[-5:].mean())}
-    save_run(out, history, metrics, cfg)
-    frame.to_csv(Path(out) / "samples.csv", index=False)
+    save_run(out, history, metrics, cfg, samples=frame)
     return metrics
 
 
@@ -327,15 +328,13 @@ def best_of_n_stage(out: Path, *, scale: str | None = None, policy_dir: Path | N
                              "true_score": float(frame["total"].mean()), **versus(frame, judged[1])}
                             for k, frame in judged.items()])
     frame = judged[cfg.n]
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / BEST_OF_N_FILE).write_text(json.dumps({"policy": str(policy_dir), "reward": str(reward_dir),
-                                                   **asdict(cfg)}, indent=2) + "\n")
     metrics = {"sample_seconds": seconds, "n": cfg.n, **behaviour_metrics(frame), **versus(frame, judged[1]),
                "kl": best_of_n.best_of_n_kl(cfg.n), "heldout_true_score": float(frame["total"].mean()),
                "heldout_reward": float(candidates["reward"].mean()), "sft": behaviour_metrics(judged[1])}
-    save_run(out, history, metrics, cfg)
-    candidates.assign(total=frame["total"], flags=frame["flags"]).to_csv(out / "samples.csv", index=False)
+    with atomic_folder(out) as folder:  # the settings and the run's files, all at once
+        (folder / BEST_OF_N_FILE).write_text(json.dumps({"policy": str(policy_dir), "reward": str(reward_dir),
+                                                          **asdict(cfg)}, indent=2) + "\n")
+        save_run(folder, history, metrics, cfg, samples=candidates.assign(total=frame["total"], flags=frame["flags"]))
     return metrics
 
 
@@ -349,13 +348,23 @@ def measure_output(path: Path, prompts: list[str], families: list[str], cfg: Eva
     if not settings_file.is_file():
         model, tokenizer = policy.load_policy(path, device)
         return measure_policy(model, tokenizer, prompts, cfg, families)
-    settings = json.loads(settings_file.read_text())
+    settings = best_of_n_settings(settings_file)
     model, tokenizer = policy.load_policy(settings["policy"], device)
     reward_model = _load_reward_model(Path(settings["reward"]), device)
     chosen = best_of_n.best_of_n_sample(model, reward_model, tokenizer, prompts, settings["n"], cfg.temperature,
                                         cfg.max_new_tokens, torch.Generator().manual_seed(cfg.seed),
                                         settings["missing_end_penalty"])
     return judge_answers(prompts, list(chosen["answer"]), list(chosen["finished"]), families)
+
+
+def best_of_n_settings(settings_file: Path) -> dict:
+    """What a best-of-n folder's best_of_n.json says: which policy and reward model, n, the penalty."""
+    settings = read_json(settings_file)
+    needed = ("policy", "reward", "n", "missing_end_penalty")
+    missing = [name for name in needed if name not in settings] if isinstance(settings, dict) else list(needed)
+    if missing:
+        raise CheckpointError(settings_file, f"no {', '.join(missing)} (expected the settings best-of-n wrote)")
+    return settings
 
 
 def sweep_stage(out: Path, *, scale: str | None = None, policy_dir: Path | None = None, reward_dir: Path | None = None,
@@ -370,8 +379,6 @@ def sweep_stage(out: Path, *, scale: str | None = None, policy_dir: Path | None 
     cfg = reward_hacking.sweep_config(scale, seed=seed, **overrides)
     sft_policy, tokenizer = policy.load_policy(Path(policy_dir or find_checkpoint("sft")), device)
     reward_model = _load_reward_model(reward_dir, device)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     frontier, histories, sweep_answers = reward_hacking.beta_sweep(sft_policy, reward_model, tokenizer, cfg, scale,
                                                                    progress)
@@ -380,13 +387,14 @@ def sweep_stage(out: Path, *, scale: str | None = None, policy_dir: Path | None 
     seconds = time.perf_counter() - started
     tables = {"sweep_histories": histories, "sweep_answers": sweep_answers, "frontier": frontier,
               "weak_leash": curve, "weak_leash_answers": answers, "adaptive_kl": adaptive}
-    for name, table in tables.items():
-        table.to_csv(out / f"{name}.csv", index=False)
-    plotting.kl_frontier(frontier, path=out / "frontier.png")
     summary = reward_hacking.overoptimisation_summary(curve)
-    plotting.overoptimisation(curve, summary["peak_iteration"], path=out / "overoptimisation.png")
-    fixed = histories[histories["beta_setting"] == cfg.adaptive_beta] if cfg.adaptive_beta in cfg.betas else None
-    plotting.adaptive_kl(adaptive, cfg.adaptive_target, fixed, path=out / "adaptive_kl.png")
     metrics = {"seconds": seconds, "betas": list(cfg.betas), **summary, "frontier": frontier.to_dict("records")}
-    save_run(out, frontier, metrics, cfg)
+    with atomic_folder(out) as folder:  # every table and figure at once
+        for name, table in tables.items():
+            table.to_csv(folder / f"{name}.csv", index=False)
+        plotting.kl_frontier(frontier, path=folder / "frontier.png")
+        plotting.overoptimisation(curve, summary["peak_iteration"], path=folder / "overoptimisation.png")
+        fixed = histories[histories["beta_setting"] == cfg.adaptive_beta] if cfg.adaptive_beta in cfg.betas else None
+        plotting.adaptive_kl(adaptive, cfg.adaptive_target, fixed, path=folder / "adaptive_kl.png")
+        save_run(folder, frontier, metrics, cfg)
     return metrics

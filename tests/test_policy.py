@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from rlhf_lab.checkpoints import CheckpointError
 from rlhf_lab.policy import (
     PRESETS,
     Rollout,
@@ -179,7 +180,7 @@ def test_load_policy_refuses_pickled_weights(trained_model, tokenizer, tmp_path)
     state_dict = load_file(tmp_path / "model.safetensors")
     (tmp_path / "model.safetensors").unlink()
     torch.save(state_dict, tmp_path / "pytorch_model.bin")  # a pickle: must never be loaded
-    with pytest.raises(OSError):
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: missing"):
         load_policy(tmp_path)
 
 

@@ -211,30 +211,53 @@ def test_malformed_lines_are_reported_and_the_file_is_left_alone(tmp_path):
         store = PreferenceStore(path)
 
     assert store.records == good
-    assert path.read_bytes() == before
-    # Problems with a whole line (not JSON, not an object, cut short) name no field.
-    expected = [(2, None), (3, "chosen"), (5, "tie"), (7, None), (8, "undo"), (10, None)]
+    # The bad lines stay where they are; only the crash's fragment moves, to the side file.
+    assert path.read_bytes() == before[: -len(truncated)]
+    assert (tmp_path / "prefs.jsonl.incomplete").read_text(encoding="utf-8") == truncated + "\n"
+    # Problems with a whole line (not JSON, not an object) name no field.
+    expected = [(2, None), (3, "chosen"), (5, "tie"), (7, None), (8, "undo")]
     assert len(store.errors) == len(expected)
     for error, (line, field) in zip(store.errors, expected):
         where = f"{path}, line {line}" + ("" if field is None else f", field '{field}'")
         assert error.startswith(f"{where}: "), error
-    assert "incomplete last line" in store.errors[-1]
-    assert len(warned) == len(expected)
+    assert len(store.set_aside) == 1 and store.set_aside[0].startswith(f"{path}, line 10: moved an incomplete")
+    assert len(warned) == len(expected) + 1
     assert all(str(path) in str(warning.message) for warning in warned)
 
 
-def test_append_after_a_truncated_last_line_starts_on_a_fresh_line(tmp_path):
+def test_a_truncated_last_line_is_set_aside_and_reported_once(tmp_path):
+    path = tmp_path / "prefs.jsonl"
+    first = make_record(1)
+    path.write_text(json.dumps(first.to_dict()) + "\n" + '{"prompt": "half a rec', encoding="utf-8")
+    with pytest.warns(UserWarning, match="moved an incomplete last line"):
+        store = PreferenceStore(path)
+    assert store.errors == [] and store.records == [first]  # nothing left to block a lesson
+    second = make_record(2)
+    assert store.add(second)
+    assert file_lines(path) == [json.dumps(first.to_dict()), json.dumps(second.to_dict())]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # reported once: opening again warns about nothing
+        reopened = PreferenceStore(path)
+    assert reopened.records == [first, second] and reopened.errors == reopened.set_aside == []
+    assert (tmp_path / "prefs.jsonl.incomplete").read_text(encoding="utf-8") == '{"prompt": "half a rec\n'
+
+
+def test_without_a_lock_a_truncated_last_line_stays_and_the_next_append_starts_a_fresh_line(tmp_path, monkeypatch):
+    from rlhf_lab import preferences
+
+    monkeypatch.setattr(preferences, "fcntl", None)  # e.g. Windows: another writer may be mid-line, so leave it
     path = tmp_path / "prefs.jsonl"
     first = make_record(1)
     path.write_text(json.dumps(first.to_dict()) + "\n" + '{"prompt": "half a rec', encoding="utf-8")
     with pytest.warns(UserWarning):
         store = PreferenceStore(path)
-    assert store.add(make_record(2))
+    second = make_record(2)
+    assert store.add(second)
     assert path.read_text(encoding="utf-8").startswith(json.dumps(first.to_dict()) + "\n" + '{"prompt": "half a rec\n')
 
     with pytest.warns(UserWarning):
         reopened = PreferenceStore(path)
-    assert reopened.records == [first, make_record(2)]
+    assert reopened.records == [first, second]
     assert len(reopened.errors) == 1 and f"{path}, line 2: invalid JSON" in reopened.errors[0]
 
 
