@@ -305,7 +305,7 @@ def pairs_from_records(records, learner_weight: float) -> list[dict]:
     for r in records:
         if r.prompt != previous_prompt:
             group, previous_prompt = group + 1, r.prompt
-        if not r.tie and r.chosen != r.rejected:
+        if not r.tie:  # a tie says nothing about which answer is better
             pairs.append({"prompt": r.prompt, "chosen": r.chosen, "rejected": r.rejected, "group": group,
                           "weight": learner_weight if r.source == "human" else 1.0, "source": r.source})
     return pairs

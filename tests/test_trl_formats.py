@@ -34,11 +34,12 @@ def sft_policy():
 
 @pytest.fixture(scope="module")
 def records():
-    """Shipped simulated labels, plus what the exporter must handle: a learner's label, a tie, identical answers."""
+    """Shipped simulated labels, plus what the exporter must handle: a learner's label and a tie.
+
+    (A record of two identical answers cannot exist: PreferenceRecord refuses it.)"""
     shipped = PreferenceStore(data.world_file("preferences")).records[:60]
     extra = [PreferenceRecord("am i a failure?", "no, you are not a failure.", "yes.", source="human"),
-             PreferenceRecord("hi!", "hello!", "hi! how can i help?", source="human", tie=True),
-             PreferenceRecord("hi!", "hello!", "hello!", source="simulated")]
+             PreferenceRecord("hi!", "hello!", "hi! how can i help?", source="human", tie=True)]
     return shipped + extra
 
 
@@ -69,11 +70,13 @@ def test_sft_messages_give_our_ids_and_loss_mask(sft_policy, tmp_path):
 def test_preference_export_leaves_out_ties_and_identical_answers_and_keeps_weights(records):
     rows = trl_formats.preference_conversations(records, learner_weight=2.0)
     pairs = reward.pairs_from_records(records, learner_weight=2.0)
-    assert len(rows) == len(pairs) == len(records) - 2
+    assert len(rows) == len(pairs) == len(records) - 1  # the tie
     assert rows[-1] == {"prompt": [{"role": "user", "content": "am i a failure?"}],
                         "chosen": [{"role": "assistant", "content": "no, you are not a failure."}],
                         "rejected": [{"role": "assistant", "content": "yes."}], "weight": 2.0}
     assert {row["weight"] for row in rows[:-1]} == {1.0}
+    identical = {"prompt": "hi!", "chosen": "hello!", "rejected": "hello!"}  # plain rows may hold any pair
+    assert trl_formats.pair_conversations([identical]) == []
     with pytest.raises(ValueError, match="row 1 has no field 'chosen'"):
         trl_formats.pair_conversations([{"prompt": "hi!", "rejected": "no."}])
 
