@@ -156,7 +156,7 @@ def best_of_n_kl_of_distribution(masses: Tensor, atoms: Tensor, n: int) -> Tenso
     # x^n log x as xlogy(x^n, x): 0 at x = 0, where log x is -inf.
     diffuse_terms = chosen * math.log(n) + (n - 1) * (torch.xlogy(upper**n, upper) - torch.xlogy(lower**n, lower)
                                                       - chosen / n)
-    return torch.where(atoms, atom_terms, diffuse_terms).sum()
+    return torch.where(atoms, atom_terms, diffuse_terms).sum().clamp(min=0.0)  # a KL; rounding can dip below 0
 
 
 def best_of_n_kl_estimate(answers: Sequence[Hashable], scores: Sequence[float], logprobs: Sequence[float],
