@@ -1,10 +1,14 @@
 """Best-of-n sampling: draw n answers, keep the one the reward model likes best.
 
 No training at all, yet it moves the answer distribution away from the base policy. How far, in
-KL, depends only on n.
+KL: at most log n - (n - 1)/n nats (`best_of_n_kl`), exactly that when no two answers tie; less
+when the policy often writes the very same answer, as ours does. `best_of_n_measured_kl`
+measures it from the sampled candidates and their exact log-probs.
 """
 
 import math
+from collections import Counter
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import pandas as pd
@@ -12,8 +16,9 @@ import torch
 from torch import Tensor
 
 from rlhf_lab.config import SAMPLING_TEMPERATURE, for_scale
+from rlhf_lab.dpo import encode_responses, sequence_logprob
 from rlhf_lab.evaluate import judge_answers
-from rlhf_lab.policy import generate
+from rlhf_lab.policy import generate, response_logprobs
 
 
 def best_of_n_kl(n: int) -> float:
@@ -102,7 +107,7 @@ def best_of_n_ladder(candidates: pd.DataFrame, ns: list[int],
     The first n' of n independent candidates are themselves n' independent candidates, so one
     sampling pass gives the whole ladder. Returns a judged frame for each n': `evaluate.judge_answers`
     columns plus `reward` (the penalised score the choice was made on) and `kl`, the analytic
-    bound log n' - (n' - 1)/n' (best-of-n has no per-answer KL estimate).
+    bound log n' - (n' - 1)/n' (the measured KL, per prompt: `best_of_n_measured_kl`).
     """
     available = len(candidates["candidates"].iloc[0])
     if max(ns) > available:
@@ -118,3 +123,129 @@ def best_of_n_ladder(candidates: pd.DataFrame, ns: list[int],
         frame["kl"] = best_of_n_kl(n)
         judged[n] = frame
     return judged
+
+
+# =====================================================================================
+# The measured KL: how far best-of-n really moves a policy that often repeats itself.
+# =====================================================================================
+
+
+def best_of_n_kl_of_distribution(masses: Tensor, atoms: Tensor, n: int) -> Tensor:
+    """KL(best-of-n ‖ π) in nats for a reward distribution given piece by piece, in increasing reward.
+
+    The best of n draws scores at most r with probability F(r)^n, F being the reward's CDF under
+    π. Piece k spans F from a = (mass of the pieces below it) to b = a + masses[k]:
+
+      an atom (one answer, or several with the same score) has probability q = b - a under π and
+      p = b^n - a^n under best-of-n (ties go to the first draw, so the split among the atom's
+      answers is π's), and contributes  p log(p / q);
+      a diffuse stretch (many rare answers, no two alike) has best-of-n density n F^(n-1) relative
+      to π, and contributes  ∫_a^b n t^(n-1) log(n t^(n-1)) dt
+                           = (b^n - a^n) log n + (n - 1) [b^n log b - a^n log a - (b^n - a^n) / n].
+
+    One diffuse piece of mass 1 gives log n - (n - 1)/n (`best_of_n_kl`); atoms give less.
+    masses: (K,) summing to 1; atoms: (K,) bool. Returns a 0-dim float64 tensor.
+    """
+    if n < 1:
+        raise ValueError(f"best_of_n_kl_of_distribution: n must be >= 1, got {n}")
+    masses = masses.double()
+    upper = masses.cumsum(0).clamp(max=1.0)
+    lower = (upper - masses).clamp(min=0.0)
+    chosen = upper**n - lower**n  # best-of-n's probability of each piece
+    atom_terms = torch.where(masses > 0, torch.xlogy(chosen, chosen / masses.clamp(min=1e-300)), 0.0)
+    # x^n log x as xlogy(x^n, x): 0 at x = 0, where log x is -inf.
+    diffuse_terms = chosen * math.log(n) + (n - 1) * (torch.xlogy(upper**n, upper) - torch.xlogy(lower**n, lower)
+                                                      - chosen / n)
+    return torch.where(atoms, atom_terms, diffuse_terms).sum().clamp(min=0.0)  # a KL; rounding can dip below 0
+
+
+def best_of_n_kl_estimate(answers: Sequence[Hashable], scores: Sequence[float], logprobs: Sequence[float],
+                          n: int, unseen: str = "rarest") -> float:
+    """The KL of best-of-n to the policy π for one prompt, from N answers sampled from π.
+
+    With ties, best-of-n draws answer y with probability
+
+        P_n(y) = (F(r_y)^n - F(r_y⁻)^n) · π(y) / P(R = r_y)
+
+    (F: the CDF of the score R under π; F(r⁻) = P(R < r)), so KL(P_n ‖ π) depends only on the
+    distribution of R, which we estimate from the N samples and their exact log-probs log π(y):
+
+      * each distinct answer is an atom at its score with its exact probability π(y) (answers with
+        equal scores make one atom): no counting error, however often it was drawn;
+      * the mass no sample hit, U = 1 - Σ π(y), belongs to answers too rare to be drawn: a diffuse
+        stretch. Where it lies is estimated as Good and Turing would: the answers drawn the fewest
+        times (usually once) stand for the unseen ones, so U is split evenly among them, half just
+        below and half just above each one's score.
+
+    The KL of that distribution is then exact (`best_of_n_kl_of_distribution`). With no ties (every
+    answer rare, U ≈ 1) it is log n - (n - 1)/n; once every answer with any real probability has
+    been drawn (U ≈ 0) it is the exact KL. Its only guess is where U lies, and it guesses worst
+    what lies above the best draw: keep n well below N. To see how much the guess matters, put U
+    below every drawn answer (`unseen="lowest"`) or above them all (`unseen="highest"`).
+
+    answers: N hashable keys, equal for identical answers (e.g. (text, finished));
+    scores: the N scores the choice is made on; logprobs: the N log π(y) at the sampling temperature.
+    """
+    if unseen not in ("rarest", "lowest", "highest"):
+        raise ValueError(f"best_of_n_kl_estimate: unseen must be 'rarest', 'lowest' or 'highest', got {unseen!r}")
+    if not len(answers) == len(scores) == len(logprobs) > 0:
+        raise ValueError(f"best_of_n_kl_estimate: answers, scores and logprobs need the same non-zero length, "
+                         f"got {len(answers)}, {len(scores)} and {len(logprobs)}")
+    drawn = Counter(answers)
+    by_score: dict[float, list] = {}  # score -> [probability under π, times drawn]
+    for answer, (score, logprob) in dict(zip(answers, zip(scores, logprobs))).items():  # each answer once
+        atom = by_score.setdefault(score, [0.0, 0])
+        atom[0] += math.exp(logprob)
+        atom[1] += drawn[answer]
+    seen = sum(mass for mass, _ in by_score.values())
+    if seen > 1 + 1e-3:
+        raise ValueError(f"best_of_n_kl_estimate: the distinct answers' probabilities sum to {seen:.4f} > 1: "
+                         "give identical answers the same key, and log-probs at the sampling temperature")
+    unseen_mass = max(0.0, 1.0 - seen)
+    rarest = min(count for _, count in by_score.values())
+    spread = unseen_mass / (2 * sum(count == rarest for _, count in by_score.values()))
+    pieces = [(unseen_mass, False)] if unseen == "lowest" else []
+    for score in sorted(by_score):
+        mass, count = by_score[score]
+        around = unseen == "rarest" and count == rarest
+        pieces += [(spread, False), (mass, True), (spread, False)] if around else [(mass, True)]
+    pieces += [(unseen_mass, False)] if unseen == "highest" else []
+    masses, atoms = zip(*pieces)
+    return best_of_n_kl_of_distribution(torch.tensor(masses, dtype=torch.float64), torch.tensor(atoms), n).item()
+
+
+@torch.no_grad()
+def candidate_logprobs(policy, tokenizer, candidates: pd.DataFrame, temperature: float = SAMPLING_TEMPERATURE,
+                       batch_size: int = 256) -> list[list[float]]:
+    """log π(y) of every candidate of a `best_of_n_sample` frame: one list per prompt.
+
+    Summed over the answer's tokens (its end token included, when it ended), at the temperature the
+    candidates were sampled at (rule 2): the probability with which π really drew the answer.
+    Each distinct answer goes through the policy once.
+    """
+    keys = [(row["prompt"], answer, ended) for _, row in candidates.iterrows()
+            for answer, ended in zip(row["candidates"], row["candidate_finished"])]
+    distinct = list(dict.fromkeys(keys))
+    device = next(policy.parameters()).device
+    logprob_of = {}
+    for start in range(0, len(distinct), batch_size):
+        chunk = distinct[start:start + batch_size]
+        input_ids, attention_mask, ctx, mask = encode_responses(
+            tokenizer, [key[0] for key in chunk], [key[1] for key in chunk], device, [key[2] for key in chunk])
+        token_logprobs = response_logprobs(policy, input_ids, attention_mask, ctx, temperature)
+        logprob_of.update(zip(chunk, sequence_logprob(token_logprobs, mask).double().cpu().tolist()))
+    return [[logprob_of[(row["prompt"], answer, ended)]
+             for answer, ended in zip(row["candidates"], row["candidate_finished"])]
+            for _, row in candidates.iterrows()]
+
+
+def best_of_n_measured_kl(candidates: pd.DataFrame, logprobs: list[list[float]], n: int,
+                          unseen: str = "rarest") -> pd.Series:
+    """`best_of_n_kl_estimate` for every prompt of a `best_of_n_sample` frame (nats, one per prompt).
+
+    `logprobs` from `candidate_logprobs`. All of a prompt's candidates estimate the distribution of
+    its scores, so every n' of a ladder gets its estimate from the same candidates.
+    """
+    return pd.Series([best_of_n_kl_estimate(list(zip(row["candidates"], row["candidate_finished"])),
+                                            row["candidate_scores"], row_logprobs, n, unseen)
+                      for (_, row), row_logprobs in zip(candidates.iterrows(), logprobs)], name=f"kl_best_of_{n}")

@@ -139,17 +139,21 @@ def preference_pairs(path: str | Path, learner_weight: float = 2.0) -> list[dict
     return pairs_from_records(read_preference_file(path).records, learner_weight)
 
 
-def encode_responses(tokenizer, prompts: list[str], answers: list[str], device) -> tuple[Tensor, Tensor, int, Tensor]:
+def encode_responses(tokenizer, prompts: list[str], answers: list[str], device,
+                     finished: list[bool] | None = None) -> tuple[Tensor, Tensor, int, Tensor]:
     """Prompts and given answers laid out exactly like a rollout of `policy.generate`.
 
-    Prompts are left-padded (`<|user|> q <|assistant|>`), each answer follows with its end token,
+    Prompts are left-padded (`<|user|> q <|assistant|>`), each answer follows with its end token
+    (unless `finished` says it never ended: an answer cut off at the length limit has none),
     then right padding. Returns `(input_ids, attention_mask, context_length, response_mask)`:
     the answer starts at column `context_length`, and `response_mask` (B, T) is 1 on the answer's
     tokens and its end token. So `response_logprobs` reads them with the usual `[ctx-1:-1]` slice.
     """
     prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, device)
+    finished = finished if finished is not None else [True] * len(answers)
     # The tokenizer splits on spaces, so an answer alone gives the same tokens as inside its dialogue.
-    answer_rows = tokenizer([f"{answer} {END}" for answer in answers], add_special_tokens=False)["input_ids"]
+    texts = [f"{answer} {END}" if ended else answer for answer, ended in zip(answers, finished)]
+    answer_rows = tokenizer(texts, add_special_tokens=False)["input_ids"]
     width = max(len(row) for row in answer_rows)
     pad = tokenizer.pad_token_id
     response_ids = torch.tensor([row + [pad] * (width - len(row)) for row in answer_rows], device=device)

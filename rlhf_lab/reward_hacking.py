@@ -10,6 +10,11 @@ policy is learning the reward model's mistakes. These experiments show it here:
     weak_leash_run      one long PPO run with β = 0, measured every few iterations
     adaptive_kl_run     PPO with the adaptive controller, to plot β and KL chasing the target
     overoptimisation_summary, behaviour_change   what the weak-leash run did, in numbers
+    trajectory_at_kl, leash_vs_early_stopping     a leash against stopping the unleashed run early
+
+Gao et al. also found that the KL penalty acts much like early stopping: a leashed run ends about
+where an unleashed one passes through on its way out. `leash_vs_early_stopping` puts the two side
+by side at the same KL.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import pandas as pd
@@ -195,3 +201,47 @@ def behaviour_change(curve: pd.DataFrame, before: int, after: int) -> pd.DataFra
     table.index = [f"{HACK_NAMES[name]} ({'words' if name == 'words' else 'share'})" for name in table.index]
     table.index.name = "behaviour"
     return table.assign(column=list(HACK_COLUMNS))
+
+
+def trajectory_at_kl(curve: pd.DataFrame, kl: float, columns: tuple[str, ...] = ("true_score", "reward")) -> dict:
+    """Where a run's measurements (in iteration order) first reach `kl`: stopping the run there.
+
+    Each column is interpolated linearly in KL between the last measurement below `kl` and the
+    first at or above it: value = v0 + (kl - kl0) / (kl1 - kl0) · (v1 - v0). Returns the
+    `iteration` (interpolated too) and the columns; all NaN if the run never reached `kl`.
+    """
+    kls = curve["kl"].to_numpy()
+    reached = [i for i in range(len(kls)) if kls[i] >= kl]
+    if not reached:
+        return {"iteration": math.nan, **{column: math.nan for column in columns}}
+    after = reached[0]
+    before = max(after - 1, 0)
+    span = kls[after] - kls[before]
+    weight = (kl - kls[before]) / span if span > 0 else 1.0
+    values = {column: curve[column].to_numpy(dtype=float) for column in ("iteration", *columns)}
+    return {column: float(value[before] + weight * (value[after] - value[before])) for column, value in values.items()}
+
+
+def leash_vs_early_stopping(frontier: pd.DataFrame, curve: pd.DataFrame, sft: Mapping[str, float]) -> pd.DataFrame:
+    """Each leashed run of the β sweep (β > 0) next to the unleashed run stopped at the same KL.
+
+    `frontier`: `beta_sweep`'s rows (beta, kl, true_score, reward); `curve`: `weak_leash_run`'s;
+    `sft`: the SFT policy's true_score and reward on the frontier's prompts. Scores are gains over
+    each one's own start (`sft`, and the curve's iteration 0), because the two are measured on
+    different held-out prompts. Columns: beta, kl, leash_true_gain, stopped_true_gain,
+    leash_reward_gain, stopped_reward_gain, stopped_iteration, and
+    true_difference = leash_true_gain - stopped_true_gain (NaN where the curve never got that far).
+    """
+    start = curve.iloc[0]
+    rows = []
+    for _, run in frontier[frontier["beta"] > 0].sort_values("kl").iterrows():
+        stopped = trajectory_at_kl(curve, run["kl"])
+        rows.append({"beta": run["beta"], "kl": run["kl"],
+                     "leash_true_gain": run["true_score"] - sft["true_score"],
+                     "stopped_true_gain": stopped["true_score"] - start["true_score"],
+                     "leash_reward_gain": run["reward"] - sft["reward"],
+                     "stopped_reward_gain": stopped["reward"] - start["reward"],
+                     "stopped_iteration": stopped["iteration"]})
+    table = pd.DataFrame(rows)
+    table["true_difference"] = table["leash_true_gain"] - table["stopped_true_gain"]
+    return table
