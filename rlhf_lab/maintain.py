@@ -1,7 +1,10 @@
 """Maintainers' commands: they rewrite files of the repository, so they are not among the learner's.
 
-    python -m rlhf_lab.maintain colab    write the Open-in-Colab badge and install cell into every
-                                         lesson, and the badge table into the README
+    python -m rlhf_lab.maintain colab        write the Open-in-Colab badge and install cell into every
+                                             lesson, and the badge table into the README
+    python -m rlhf_lab.maintain checkpoints  bring the shipped checkpoints' side files up to date
+                                             (tokenizer and generation configs, model cards) without
+                                             touching their weights or config.json
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from pathlib import Path
 
 from rlhf_lab.colab import badge_markdown, install_cell, repository_url
 from rlhf_lab.config import REPO_DIR
+from rlhf_lab.provenance import MODEL_CARD, model_card, sampling_generation_config
 
 BADGE_MARK = "Open In Colab"
 INSTALL_MARK = "# On Colab only"
@@ -80,7 +84,57 @@ def write_colab_cells() -> list[str]:
     return changed
 
 
-COMMANDS = {"colab": write_colab_cells}
+def _json_text(data: dict) -> str:
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+
+def _same_json(path: Path, text: str) -> bool:
+    """Whether `path` holds the JSON in `text`, whichever transformers version wrote it."""
+    if not path.is_file():
+        return False
+    old, new = json.loads(path.read_text(encoding="utf-8")), json.loads(text)
+    old.pop("transformers_version", None)
+    new.pop("transformers_version", None)
+    return old == new
+
+
+def refresh_checkpoint(folder: Path) -> list[str]:
+    """Rewrite what `policy.save_policy` / `RewardModel.save` would write today beside the weights:
+    tokenizer_config.json (no loading keys, `model_max_length` = n_positions), a policy's
+    generation_config.json (the course's sampling settings) and README.md (the model card, from
+    metrics.json). The weights and config.json are never touched. Returns the names of the files changed."""
+    from transformers import AutoConfig
+
+    from rlhf_lab.tokenizer import clean_tokenizer_config
+
+    folder = Path(folder)
+    config = AutoConfig.from_pretrained(folder)
+    tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    files = {"tokenizer_config.json": _json_text(clean_tokenizer_config(tokenizer_config, config.n_positions))}
+    if "GPT2ForSequenceClassification" not in (config.architectures or []):
+        files["generation_config.json"] = sampling_generation_config(config).to_json_string(use_diff=True)
+    metrics_path = folder / "metrics.json"
+    metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else None
+    changed = [name for name, text in files.items() if not _same_json(folder / name, text)]
+    card = model_card(folder, metrics, (metrics or {}).get("provenance"))
+    if not (folder / MODEL_CARD).is_file() or (folder / MODEL_CARD).read_text(encoding="utf-8") != card:
+        files[MODEL_CARD] = card
+        changed.append(MODEL_CARD)
+    for name in changed:
+        (folder / name).write_text(files[name], encoding="utf-8")
+    return changed
+
+
+def refresh_shipped_checkpoints(root: Path | None = None) -> list[str]:
+    """`refresh_checkpoint` for every folder of data/checkpoints."""
+    root = Path(root or REPO_DIR / "data" / "checkpoints")
+    changed = [f"{folder.name}/{name}" for folder in sorted(root.iterdir()) if (folder / "config.json").is_file()
+               for name in refresh_checkpoint(folder)]
+    print(f"checkpoints in {root}: " + (", ".join(changed) + " updated" if changed else "all up to date"))
+    return changed
+
+
+COMMANDS = {"colab": write_colab_cells, "checkpoints": refresh_shipped_checkpoints}
 
 
 def main(argv: list[str] | None = None) -> int:

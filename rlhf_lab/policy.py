@@ -32,6 +32,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from rlhf_lab.config import SAMPLING_TEMPERATURE
+from rlhf_lab.provenance import sampling_generation_config, write_model_card
 from rlhf_lab.tokenizer import END, format_prompt, save_tokenizer
 
 # GPT2Config keyword arguments per size. "nano" trains in seconds on a laptop CPU; "small" is for a
@@ -76,10 +77,14 @@ def save_policy(
     """Save weights (safetensors only), config and tokenizer to `out_dir`, loadable by `load_policy`
     or by `AutoModelForCausalLM.from_pretrained(out_dir)` / `AutoTokenizer.from_pretrained(out_dir)`.
 
-    Safetensors, not pickle: loading a pickled checkpoint can run arbitrary code.
+    Safetensors, not pickle: loading a pickled checkpoint can run arbitrary code. The folder also
+    gets the course's sampling settings (generation_config.json) and a model card (README.md): see
+    `provenance`.
     """
+    model.generation_config = sampling_generation_config(model.config)
     model.save_pretrained(out_dir, safe_serialization=True)
-    save_tokenizer(tokenizer, out_dir)
+    save_tokenizer(tokenizer, out_dir, model_max_length=model.config.n_positions)
+    write_model_card(out_dir)
 
 
 def load_policy(

@@ -34,6 +34,7 @@ from rlhf_lab.checks import check_finite
 from rlhf_lab.config import for_scale
 from rlhf_lab.masked import check_same_shape, weighted_mean
 from rlhf_lab.policy import position_ids_from_mask, quiet_loading
+from rlhf_lab.provenance import write_model_card
 from rlhf_lab.tokenizer import format_dialogue, save_tokenizer
 
 # =====================================================================================
@@ -148,7 +149,8 @@ class RewardModel(nn.Module):
             classifier.transformer.ln_f.bias.copy_(fold_offset(self.backbone.ln_f.bias.cpu(), score_weight, offset))
         classifier.save_pretrained(out_dir, safe_serialization=True)
         (out_dir / HEAD_FILE).unlink(missing_ok=True)  # `load` reads a head file first: none may be left stale
-        save_tokenizer(tokenizer, out_dir)
+        save_tokenizer(tokenizer, out_dir, model_max_length=config.n_positions)
+        write_model_card(out_dir)
 
     @classmethod
     def load(cls, path, device="cpu"):

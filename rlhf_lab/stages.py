@@ -45,6 +45,7 @@ from rlhf_lab.evaluate import (
 from rlhf_lab.judge import DEFAULT_LABELLER, SimulatedLabeller, noise_ceiling
 from rlhf_lab.labelling import label_probabilities, sample_candidates, simulate_labels
 from rlhf_lab.preferences import PreferenceStore
+from rlhf_lab.provenance import run_record, write_model_card
 
 BEST_OF_N_FILE = "best_of_n.json"
 
@@ -66,15 +67,22 @@ def pipeline_config(scale: str | None = None, **overrides) -> PipelineConfig:
     return for_scale(PipelineConfig, PIPELINE_PRESETS, scale, **overrides)
 
 
-def save_run(out: Path, history: pd.DataFrame | None, metrics: dict, config=None) -> None:
-    """`history.csv`, `metrics.json` and `train_config.json` of a run, into `out`."""
+def save_run(out: Path, history: pd.DataFrame | None, metrics: dict, config=None, record: dict | None = None) -> None:
+    """`history.csv`, `metrics.json` and `train_config.json` of a run, into `out`.
+
+    `record` (`provenance.run_record`: scale, device, seed, inputs, versions, commit) is stored in
+    metrics.json under "provenance"; a checkpoint folder also gets its model card (README.md).
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if history is not None:
         history.to_csv(out / "history.csv", index=False)
+    metrics = metrics if record is None else {**metrics, "provenance": record}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     if config is not None:
         (out / "train_config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
+    if (out / "config.json").is_file():
+        write_model_card(out, metrics)
 
 
 def _setup(scale: str | None, seed: int, device: str | None) -> tuple[str, torch.device]:
@@ -90,6 +98,12 @@ def _policy_and_reference(policy_dir: Path | None, device, start_dir: Path | Non
     model, tokenizer = policy.load_policy(start_dir or policy_dir, device)
     reference, _ = policy.load_policy(policy_dir, device)
     return model, reference, tokenizer
+
+
+def _provenance(stage: str, scale: str, device, seed: int, **inputs) -> dict:
+    """`provenance.run_record` of a stage; every stage but labelling is measured on the held-out prompts."""
+    inputs.setdefault("eval_prompts", data.world_file("eval_prompts"))
+    return run_record(stage, scale=scale, device=device, seed=seed, inputs=inputs)
 
 
 def _load_reward_model(reward_dir: Path | None, device):
@@ -110,7 +124,8 @@ def train_lm_stage(out: Path, *, stage: str, scale: str | None = None, policy_di
 
     scale, device = _setup(scale, seed, device)
     # The data first: a bad line is reported before any model is loaded or trained.
-    rows = data.load_dialogues(data_path or data.world_file("pretrain" if stage == "pretrain" else "sft"))
+    data_path = data_path or data.world_file("pretrain" if stage == "pretrain" else "sft")
+    rows = data.load_dialogues(data_path)
     if stage == "pretrain":
         from rlhf_lab.tokenizer import build_tokenizer
 
@@ -118,7 +133,8 @@ def train_lm_stage(out: Path, *, stage: str, scale: str | None = None, policy_di
         model = policy.new_policy(preset or pipeline_config(scale).policy_preset, tokenizer, seed=seed).to(device)
         cfg = sft.pretrain_config(scale, seed=seed, **overrides)
     else:
-        model, tokenizer = policy.load_policy(policy_dir or find_checkpoint("base"), device)
+        policy_dir = policy_dir or find_checkpoint("base")
+        model, tokenizer = policy.load_policy(policy_dir, device)
         cfg = sft.sft_config(scale, seed=seed, **overrides)
     if progress:
         print(f"{stage}: {len(rows)} dialogues, scale {scale}, {cfg.steps} steps on {device}")
@@ -128,7 +144,7 @@ def train_lm_stage(out: Path, *, stage: str, scale: str | None = None, policy_di
     policy.save_policy(model, tokenizer, out)
     metrics, _ = evaluate_on_heldout(model, tokenizer, scale)
     metrics = {"final_loss": float(history["loss"].iloc[-1]), "train_seconds": seconds, **metrics}
-    save_run(out, history, metrics, cfg)
+    save_run(out, history, metrics, cfg, _provenance(stage, scale, device, seed, policy=policy_dir, data=data_path))
     return metrics
 
 
@@ -172,7 +188,8 @@ def reward_stage(out: Path, *, prefs_path: Path, scale: str | None = None, polic
                          "python -m rlhf_lab label --simulate 6000 --policy DIR --out FILE")
     pairs = reward.pairs_from_records(store.records, cfg.learner_weight)
     train_pairs, heldout_pairs = reward.split_by_prompt(pairs, cfg.heldout_fraction, seed)
-    sft_model, tokenizer = policy.load_policy(Path(policy_dir or find_checkpoint("sft")), device)
+    policy_dir = Path(policy_dir or find_checkpoint("sft"))
+    sft_model, tokenizer = policy.load_policy(policy_dir, device)
     reward_model = reward.RewardModel.from_policy(sft_model).to(device)
     started = time.perf_counter()
     history = reward.train_reward_model(reward_model, tokenizer, train_pairs, cfg, progress=progress)
@@ -189,7 +206,8 @@ def reward_stage(out: Path, *, prefs_path: Path, scale: str | None = None, polic
                "heldout_pairs": len(heldout_pairs),
                **reward_analysis.reward_report(reward_model, tokenizer, heldout_pairs),
                "noise_ceiling": noise_ceiling(probabilities), "gap_by_kind": gap.round(4).to_dict("index")}
-    save_run(out, history, metrics, cfg)
+    save_run(out, history, metrics, cfg, _provenance("reward", scale, device, seed, policy=policy_dir, prefs=prefs_path,
+                                                     normalise_prompts=data.world_file("prompts")))
     return metrics
 
 
@@ -201,6 +219,7 @@ def ppo_stage(out: Path, *, scale: str | None = None, policy_dir: Path | None = 
 
     scale, device = _setup(scale, seed, device)
     cfg = ppo.ppo_config(scale, seed=seed, **overrides)
+    policy_dir, reward_dir = policy_dir or find_checkpoint("sft"), reward_dir or find_checkpoint("reward")
     model, reference, tokenizer = _policy_and_reference(policy_dir, device, Path(out) if resume else None)
     reward_model = _load_reward_model(reward_dir, device)
     demonstrations = data.load_dialogues(data.world_file("sft"))  # for the PPO-ptx term
@@ -214,7 +233,8 @@ def ppo_stage(out: Path, *, scale: str | None = None, policy_dir: Path | None = 
     metrics, frame = heldout_comparison(model, reference, tokenizer, eval_config(scale), reward_model)
     metrics = {"train_seconds": seconds, **metrics, "final_kl": float(history["kl"].iloc[-5:].mean()),
                "final_beta": float(history["beta"].iloc[-1]), "final_reward": float(history["reward"].iloc[-5:].mean())}
-    save_run(out, history, metrics, cfg)
+    save_run(out, history, metrics, cfg, _provenance("ppo", scale, device, seed, policy=policy_dir, reward=reward_dir,
+                                                     prompts=data.world_file("prompts"), ptx=data.world_file("sft")))
     frame.to_csv(Path(out) / "samples.csv", index=False)
     return metrics
 
@@ -268,6 +288,7 @@ def dpo_stage(out: Path, *, scale: str | None = None, policy_dir: Path | None = 
     cfg = dpo.dpo_config(scale, seed=seed, **overrides)
     prefs_path = Path(prefs_path or dpo.reward_model_preferences())
     pairs = dpo.preference_pairs(prefs_path, cfg.learner_weight)
+    policy_dir = policy_dir or find_checkpoint("sft")
     model, reference, tokenizer = _policy_and_reference(policy_dir, device)
     started = time.perf_counter()
     history = dpo.train_dpo(model, reference, tokenizer, pairs, cfg, progress=progress, callback=callback)
@@ -278,7 +299,7 @@ def dpo_stage(out: Path, *, scale: str | None = None, policy_dir: Path | None = 
     metrics = {"train_seconds": seconds, "pairs": len(pairs), "prefs": str(prefs_path), "beta": cfg.beta, **metrics,
                "final_heldout_accuracy": float(last["heldout_accuracy"]), "final_kl": float(last["kl"]),
                "final_reward_margin": float(history["reward_margin"].iloc[-10:].mean())}
-    save_run(out, history, metrics, cfg)
+    save_run(out, history, metrics, cfg, _provenance("dpo", scale, device, seed, policy=policy_dir, prefs=prefs_path))
     frame.to_csv(Path(out) / "samples.csv", index=False)
     return metrics
 
@@ -289,6 +310,7 @@ def group_stage(out: Path, *, method: str, scale: str | None = None, policy_dir:
     """RLOO or GRPO (`method`) from the SFT policy against the reward model."""
     scale, device = _setup(scale, seed, device)
     cfg = rloo_grpo.group_config(method, scale, seed=seed, **overrides)
+    policy_dir, reward_dir = policy_dir or find_checkpoint("sft"), reward_dir or find_checkpoint("reward")
     model, reference, tokenizer = _policy_and_reference(policy_dir, device)
     reward_model = _load_reward_model(reward_dir, device)
     trainer = rloo_grpo.GroupTrainer(model, reference, reward_model, tokenizer, data.training_prompts(), cfg)
@@ -300,7 +322,8 @@ def group_stage(out: Path, *, method: str, scale: str | None = None, policy_dir:
     metrics = {"train_seconds": seconds, "method": method, "kl_in": cfg.kl_placement, "beta": cfg.beta, **metrics,
                "final_kl": float(history["kl"].iloc[-5:].mean()),
                "final_reward": float(history["reward"].iloc[-5:].mean())}
-    save_run(out, history, metrics, cfg)
+    save_run(out, history, metrics, cfg, _provenance(method, scale, device, seed, policy=policy_dir, reward=reward_dir,
+                                                     prompts=data.world_file("prompts")))
     frame.to_csv(Path(out) / "samples.csv", index=False)
     return metrics
 
@@ -334,7 +357,8 @@ def best_of_n_stage(out: Path, *, scale: str | None = None, policy_dir: Path | N
     metrics = {"sample_seconds": seconds, "n": cfg.n, **behaviour_metrics(frame), **versus(frame, judged[1]),
                "kl": best_of_n.best_of_n_kl(cfg.n), "heldout_true_score": float(frame["total"].mean()),
                "heldout_reward": float(candidates["reward"].mean()), "sft": behaviour_metrics(judged[1])}
-    save_run(out, history, metrics, cfg)
+    save_run(out, history, metrics, cfg, _provenance("best-of-n", scale, device, cfg.seed, policy=policy_dir,
+                                                     reward=reward_dir))
     candidates.assign(total=frame["total"], flags=frame["flags"]).to_csv(out / "samples.csv", index=False)
     return metrics
 
@@ -368,7 +392,8 @@ def sweep_stage(out: Path, *, scale: str | None = None, policy_dir: Path | None 
     """
     scale, device = _setup(scale, seed, device)
     cfg = reward_hacking.sweep_config(scale, seed=seed, **overrides)
-    sft_policy, tokenizer = policy.load_policy(Path(policy_dir or find_checkpoint("sft")), device)
+    policy_dir, reward_dir = Path(policy_dir or find_checkpoint("sft")), reward_dir or find_checkpoint("reward")
+    sft_policy, tokenizer = policy.load_policy(policy_dir, device)
     reward_model = _load_reward_model(reward_dir, device)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -388,5 +413,7 @@ def sweep_stage(out: Path, *, scale: str | None = None, policy_dir: Path | None 
     fixed = histories[histories["beta_setting"] == cfg.adaptive_beta] if cfg.adaptive_beta in cfg.betas else None
     plotting.adaptive_kl(adaptive, cfg.adaptive_target, fixed, path=out / "adaptive_kl.png")
     metrics = {"seconds": seconds, "betas": list(cfg.betas), **summary, "frontier": frontier.to_dict("records")}
-    save_run(out, frontier, metrics, cfg)
+    record = _provenance("sweep", scale, device, seed, policy=policy_dir, reward=reward_dir,
+                         prompts=data.world_file("prompts"))
+    save_run(out, frontier, metrics, cfg, record)
     return metrics
