@@ -24,6 +24,9 @@ REPO_DIR = Path(__file__).resolve().parent.parent
 # The temperature every policy samples at, and every log-prob is recomputed at (rule 2 of
 # docs/implementation_rules.md). 0.7 is the classic choice for RLHF with PPO.
 SAMPLING_TEMPERATURE = 0.7
+# A progress bar (tqdm) shows only once its loop has run this many seconds: quick loops stay quiet,
+# and a learner never waits on a long one in silence.
+PROGRESS_DELAY = 2.0
 
 
 def get_scale(name: str | None = None) -> str:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from rlhf_lab import best_of_n, data, dpo, plotting, policy, reward, reward_analysis, reward_hacking, rloo_grpo
 from rlhf_lab.config import (
@@ -157,20 +158,24 @@ def evaluate_on_heldout(model, tokenizer, scale: str) -> tuple[dict, pd.DataFram
 
 
 def label_stage(out: Path, *, policy_dir: Path, n_pairs: int, k: int = 4, prompts_path: Path | None = None,
-                seed: int = 0, device: str | None = None, labeller: SimulatedLabeller = DEFAULT_LABELLER) -> dict:
+                seed: int = 0, device: str | None = None, labeller: SimulatedLabeller = DEFAULT_LABELLER,
+                progress: bool = True) -> dict:
     """Sample K answers per training prompt from the policy and label their pairs with the simulated human."""
     model, tokenizer = policy.load_policy(policy_dir, pick_device(device))
     prompts = [row["prompt"] for row in data.load_prompts(prompts_path or data.world_file("prompts"))]
     store = PreferenceStore(out)
     records, start = [], 0
+    bar = tqdm(total=n_pairs, desc="simulated labels", unit="pair", disable=not progress)
     while len(records) < n_pairs and start < len(prompts):
         # Each prompt gives up to C(K,2) pairs; sample in chunks until enough new labels are stored
         # (a pair the store already holds -- same prompt and answers -- is a duplicate and skipped).
         chunk = prompts[start:start + 256]
-        candidates = sample_candidates(model, tokenizer, chunk, k=k, seed=seed + start)
-        new = simulate_labels(candidates, labeller, seed=seed + start, limit=n_pairs - len(records))
+        candidates = sample_candidates(model, tokenizer, chunk, k=k, seed=seed + start, progress=progress)
+        new = simulate_labels(candidates, labeller, seed=seed + start, limit=n_pairs - len(records), progress=False)
         records += [record for record, is_new in zip(new, store.add_many(new)) if is_new]
+        bar.update(len(records) - bar.n)
         start += len(chunk)
+    bar.close()
     pairs = [{"prompt": r.prompt, "chosen": r.chosen, "rejected": r.rejected} for r in records]
     return {"written": len(records), "prompts": start, "store": str(out),
             "noise_ceiling": noise_ceiling(label_probabilities(pairs, labeller)), "labeller": asdict(labeller)}
@@ -263,7 +268,7 @@ def run_pipeline(out: Path, *, scale: str | None = None, pretrain: bool = False,
         timed("base", train_lm_stage, base_dir, stage="pretrain", preset=cfg.policy_preset, **common)
     timed("sft", train_lm_stage, out / "sft", stage="sft", policy_dir=base_dir, **common)
     timed("labels", label_stage, out / "preferences.jsonl", policy_dir=out / "sft", n_pairs=cfg.label_pairs,
-          k=cfg.candidates_per_prompt, seed=seed, device=device)
+          k=cfg.candidates_per_prompt, seed=seed, device=device, progress=progress)
     timed("reward", reward_stage, out / "reward", prefs_path=out / "preferences.jsonl", policy_dir=out / "sft",
           **common)
     timed("ppo", ppo_stage, out / "ppo", policy_dir=out / "sft", reward_dir=out / "reward", **common)
@@ -342,7 +347,7 @@ def best_of_n_stage(out: Path, *, scale: str | None = None, policy_dir: Path | N
     started = time.perf_counter()
     candidates = best_of_n.best_of_n_sample(model, reward_model, tokenizer, prompts, cfg.n, cfg.temperature,
                                             cfg.max_new_tokens, torch.Generator().manual_seed(cfg.seed),
-                                            cfg.missing_end_penalty)
+                                            cfg.missing_end_penalty, progress)
     seconds = time.perf_counter() - started
     ladder = [2**i for i in range(cfg.n.bit_length()) if 2**i < cfg.n] + [cfg.n]
     judged = best_of_n.best_of_n_ladder(candidates, ladder, families)
