@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from rlhf_lab.colab import badge_markdown, install_cell, repository_url
+from rlhf_lab.colab import badge_markdown, install_cell, notebook_metadata, repository_url
 from rlhf_lab.config import REPO_DIR
 from rlhf_lab.provenance import MODEL_CARD, model_card, sampling_generation_config
 
@@ -35,7 +35,8 @@ def colab_cells(notebook: str | Path) -> list[dict]:
 
 
 def write_notebook_cells(path: Path) -> bool:
-    """Make `path` start with the current badge and install cell; True if the file changed."""
+    """Make `path` start with the current badge and install cell, with Colab's runtime settings in its
+    metadata (`colab.notebook_metadata`: a GPU where one helps); True if the file changed."""
     text = path.read_text(encoding="utf-8")
     notebook = json.loads(text)
     cells = notebook["cells"]
@@ -43,6 +44,9 @@ def write_notebook_cells(path: Path) -> bool:
                      or "".join(cells[0]["source"]).startswith(INSTALL_MARK)):
         cells.pop(0)  # the previous badge / install cell
     notebook["cells"] = colab_cells(path) + cells
+    for key in ("accelerator", "colab"):
+        notebook["metadata"].pop(key, None)
+    notebook["metadata"].update(notebook_metadata(path))
     new_text = json.dumps(notebook, indent=1, ensure_ascii=False) + "\n"
     if new_text != text:
         path.write_text(new_text, encoding="utf-8")
