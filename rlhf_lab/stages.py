@@ -8,8 +8,8 @@ The lessons do the same steps cell by cell; these functions chain them with file
 
 Every stage starts the same way (`_setup`: scale, seed, device), starts from the SFT policy
 unless told otherwise (also the frozen reference), and writes its checkpoint (safetensors) plus
-`metrics.json` and `history.csv` (`save_run`). Stages take keyword arguments only, so a call
-says what each value is.
+`metrics.json` (with the run's provenance), `history.csv` and a model card (`save_run`). Stages
+take keyword arguments only, so a call says what each value is.
 """
 
 from __future__ import annotations
