@@ -218,7 +218,8 @@ def evaluate_policy(model, tokenizer, cfg: EvalConfig | None = None) -> tuple[di
     return behaviour_metrics(frame), frame
 
 
-def heldout_comparison(model, reference, tokenizer, cfg: EvalConfig, reward_model=None) -> tuple[dict, pd.DataFrame]:
+def heldout_comparison(model, reference, tokenizer, cfg: EvalConfig, reward_model=None,
+                       progress: bool = True) -> tuple[dict, pd.DataFrame]:
     """Behaviour of `model` on the held-out prompts, head to head with the reference (SFT).
 
     Returns the metrics (behaviour rates, win rate against SFT, the held-out frontier point:
@@ -226,8 +227,8 @@ def heldout_comparison(model, reference, tokenizer, cfg: EvalConfig, reward_mode
     figures under "sft") and the judged answers.
     """
     prompts, families = heldout_prompts(cfg)
-    frame = measure_policy(model, tokenizer, prompts, cfg, families, reference, reward_model)
-    sft_frame = measure_policy(reference, tokenizer, prompts, cfg, families, reference, reward_model)
+    frame = measure_policy(model, tokenizer, prompts, cfg, families, reference, reward_model, progress)
+    sft_frame = measure_policy(reference, tokenizer, prompts, cfg, families, reference, reward_model, progress)
     metrics = {**behaviour_metrics(frame), **versus(frame, sft_frame),
                **{f"heldout_{name}": value for name, value in frontier_point(frame).items()},
                "sft": {**behaviour_metrics(sft_frame), "heldout_true_score": float(sft_frame["total"].mean())}}

@@ -143,17 +143,17 @@ def train_lm_stage(out: Path, *, stage: str, scale: str | None = None, policy_di
     history = sft.train_language_model(model, tokenizer, rows, cfg, progress=progress, desc=stage)
     seconds = time.perf_counter() - started
     policy.save_policy(model, tokenizer, out)
-    metrics, _ = evaluate_on_heldout(model, tokenizer, scale)
+    metrics, _ = evaluate_on_heldout(model, tokenizer, scale, progress)
     metrics = {"final_loss": float(history["loss"].iloc[-1]), "train_seconds": seconds, **metrics}
     save_run(out, history, metrics, cfg, _provenance(stage, scale, device, seed, policy=policy_dir, data=data_path))
     return metrics
 
 
-def evaluate_on_heldout(model, tokenizer, scale: str) -> tuple[dict, pd.DataFrame]:
+def evaluate_on_heldout(model, tokenizer, scale: str, progress: bool = True) -> tuple[dict, pd.DataFrame]:
     """Behaviour figures of one policy on the held-out prompts (no reference, no reward model)."""
     cfg = eval_config(scale)
     prompts, families = heldout_prompts(cfg)
-    frame = measure_policy(model, tokenizer, prompts, cfg, families)
+    frame = measure_policy(model, tokenizer, prompts, cfg, families, progress=progress)
     return behaviour_metrics(frame), frame
 
 
@@ -201,7 +201,8 @@ def reward_stage(out: Path, *, prefs_path: Path, scale: str | None = None, polic
     seconds = time.perf_counter() - started
     # Normalise on fresh samples of the starting policy, at the temperature RL samples at (rule 6).
     prompts = data.training_prompts()[:cfg.normalise_samples]
-    candidates = sample_candidates(sft_model, tokenizer, prompts, k=1, temperature=SAMPLING_TEMPERATURE, seed=seed + 99)
+    candidates = sample_candidates(sft_model, tokenizer, prompts, k=1, temperature=SAMPLING_TEMPERATURE, seed=seed + 99,
+                                   progress=progress)
     reward.normalise_to_policy(reward_model, tokenizer, [p for p, _ in candidates], [a[0] for _, a in candidates])
     reward_model.save(out, tokenizer)
     probabilities = label_probabilities(heldout_pairs, labeller)
@@ -235,7 +236,7 @@ def ppo_stage(out: Path, *, scale: str | None = None, policy_dir: Path | None = 
     started = time.perf_counter()
     history = trainer.train(callback=callback, progress=progress, out=out)
     seconds = time.perf_counter() - started
-    metrics, frame = heldout_comparison(model, reference, tokenizer, eval_config(scale), reward_model)
+    metrics, frame = heldout_comparison(model, reference, tokenizer, eval_config(scale), reward_model, progress)
     metrics = {"train_seconds": seconds, **metrics, "final_kl": float(history["kl"].iloc[-5:].mean()),
                "final_beta": float(history["beta"].iloc[-1]), "final_reward": float(history["reward"].iloc[-5:].mean())}
     save_run(out, history, metrics, cfg, _provenance("ppo", scale, device, seed, policy=policy_dir, reward=reward_dir,
@@ -299,7 +300,7 @@ def dpo_stage(out: Path, *, scale: str | None = None, policy_dir: Path | None = 
     history = dpo.train_dpo(model, reference, tokenizer, pairs, cfg, progress=progress, callback=callback)
     seconds = time.perf_counter() - started
     policy.save_policy(model, tokenizer, out)
-    metrics, frame = heldout_comparison(model, reference, tokenizer, eval_config(scale))
+    metrics, frame = heldout_comparison(model, reference, tokenizer, eval_config(scale), progress=progress)
     last = history.dropna(subset=["heldout_accuracy"]).iloc[-1]
     metrics = {"train_seconds": seconds, "pairs": len(pairs), "prefs": str(prefs_path), "beta": cfg.beta, **metrics,
                "final_heldout_accuracy": float(last["heldout_accuracy"]), "final_kl": float(last["kl"]),
@@ -323,7 +324,7 @@ def group_stage(out: Path, *, method: str, scale: str | None = None, policy_dir:
     history = trainer.train(callback=callback, progress=progress)
     seconds = time.perf_counter() - started
     policy.save_policy(model, tokenizer, out)
-    metrics, frame = heldout_comparison(model, reference, tokenizer, eval_config(scale), reward_model)
+    metrics, frame = heldout_comparison(model, reference, tokenizer, eval_config(scale), reward_model, progress)
     metrics = {"train_seconds": seconds, "method": method, "kl_in": cfg.kl_placement, "beta": cfg.beta, **metrics,
                "final_kl": float(history["kl"].iloc[-5:].mean()),
                "final_reward": float(history["reward"].iloc[-5:].mean())}

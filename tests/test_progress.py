@@ -91,3 +91,10 @@ def test_simulated_labelling_counts_prompts_and_the_label_stage_counts_pairs(bar
 def test_trainers_keep_generation_bars_off(new_ppo_trainer, bars):
     new_ppo_trainer().train(progress=False)
     assert bars and not shown(bars), "PPO's rollouts draw no bar of their own"
+
+
+@pytest.mark.slow
+def test_a_stage_told_progress_false_draws_no_bar(bars, tmp_path, shipped):
+    stages.train_lm_stage(tmp_path / "sft", stage="sft", scale="ci", policy_dir=shipped / "base", steps=1,
+                          progress=False)
+    assert bars and not shown(bars), "the held-out evaluation's sampling is quiet too"
