@@ -32,6 +32,7 @@ Modules map to lessons (notebooks/NN_*.ipynb); each holds one idea.
     all     `checkpoints`        checkpoint folders written all at once, and checked before they are read
     all     `data`               the world's corpora, generated from one seed, and their readers
     all     `jsonl`              JSON Lines files: checked reading, atomic writing
+    all     `provenance`         what made a run (metrics.json), model cards, sampling defaults
     08      `trl_formats`        our data in TRL's conversational formats
     08      `colab`              running the lessons on Google Colab
     --      `maintain`           maintainers' commands that rewrite the repository's notebooks

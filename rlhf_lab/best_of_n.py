@@ -67,7 +67,7 @@ def best_of_n_config(scale: str | None = None, **overrides) -> BestOfNConfig:
 def best_of_n_sample(policy, reward_model, tokenizer, questions: list[str], n: int,
                      temperature: float = SAMPLING_TEMPERATURE,
                      max_new_tokens: int = 64, generator: torch.Generator | None = None,
-                     missing_end_penalty: float = -1.0) -> pd.DataFrame:
+                     missing_end_penalty: float = -1.0, progress: bool = True) -> pd.DataFrame:
     """Answer each question with the best of n sampled answers, by the reward model.
 
     All n x B answers are sampled in one batch (each question repeated n times), scored by the
@@ -77,13 +77,13 @@ def best_of_n_sample(policy, reward_model, tokenizer, questions: list[str], n: i
     Returns one row per question: `prompt`, `answer` (the chosen one), `finished`, `reward` (its
     reward-model score, before any missing-end penalty, as PPO logs it), `choice` (its index among
     the candidates), and the lists `candidates`, `candidate_scores` (the penalised scores the
-    choice was made on) and `candidate_finished` of all n.
+    choice was made on) and `candidate_finished` of all n. `progress`: a bar while sampling, if slow.
     """
     if n < 1:
         raise ValueError(f"best_of_n_sample: n must be >= 1, got {n}")
     device = next(policy.parameters()).device
     repeated = [q for q in questions for _ in range(n)]  # candidate j of question i sits at row i * n + j
-    rollout = generate(policy, tokenizer, repeated, max_new_tokens, temperature, generator)
+    rollout = generate(policy, tokenizer, repeated, max_new_tokens, temperature, generator, progress=progress)
     input_ids, attention_mask = rollout.input_ids.to(device), rollout.attention_mask.to(device)
     raw_scores = reward_model(input_ids, attention_mask).float().cpu()
     finished = rollout.finished.cpu()

@@ -22,9 +22,15 @@ from pathlib import Path
 
 SCALES = ("ci", "laptop", "gpu")
 REPO_DIR = Path(__file__).resolve().parent.parent
+# Where a non-editable install (`pip install .`) keeps the repository's data/ folder: inside the
+# package, which pyproject.toml maps data/ into (the package `rlhf_lab.shipped_data`).
+PACKAGED_DATA_DIR = Path(__file__).resolve().parent / "shipped_data"
 # The temperature every policy samples at, and every log-prob is recomputed at (rule 2 of
 # docs/implementation_rules.md). 0.7 is the classic choice for RLHF with PPO.
 SAMPLING_TEMPERATURE = 0.7
+# A progress bar (tqdm) shows only once its loop has run this many seconds: quick loops stay quiet,
+# and a learner never waits on a long one in silence.
+PROGRESS_DELAY = 2.0
 
 
 def get_scale(name: str | None = None) -> str:
@@ -87,14 +93,34 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def in_repository() -> bool:
+    """Whether the package runs from a clone of the repository (`pip install -e .`, or a plain checkout)."""
+    return (REPO_DIR / "pyproject.toml").is_file()
+
+
 def data_dir() -> Path:
-    """The shipped data: the world's corpora and the small checkpoints."""
-    return Path(os.environ.get("RLHF_LAB_DATA", REPO_DIR / "data"))
+    """The shipped data (the world's corpora and the small checkpoints): $RLHF_LAB_DATA, else the
+    repository's data/ folder, else the copy a non-editable install (`pip install .`) carries."""
+    if os.environ.get("RLHF_LAB_DATA"):
+        return Path(os.environ["RLHF_LAB_DATA"])
+    if not in_repository() and (PACKAGED_DATA_DIR / "world").is_dir():
+        return PACKAGED_DATA_DIR
+    return REPO_DIR / "data"
+
+
+def missing_data_hint() -> str:
+    """What to do when the shipped data is not where `data_dir` looks (said in error messages)."""
+    from rlhf_lab.colab import repository_url
+
+    return (f"the shipped data is not at {data_dir()}: get it with  git clone {repository_url()}  and install from "
+            "that folder (pip install -e . or pip install .), or point RLHF_LAB_DATA at its data/ folder")
 
 
 def artifacts_dir() -> Path:
-    """Where runs save what they make ($RLHF_LAB_ARTIFACTS, else ./artifacts in the repository)."""
-    return Path(os.environ.get("RLHF_LAB_ARTIFACTS", REPO_DIR / "artifacts"))
+    """Where runs save what they make: $RLHF_LAB_ARTIFACTS, else artifacts/ in the repository (or, for
+    an installed wheel, in the current folder: never inside the installed package)."""
+    default = REPO_DIR / "artifacts" if in_repository() else Path.cwd() / "artifacts"
+    return Path(os.environ.get("RLHF_LAB_ARTIFACTS", default))
 
 
 # How to make each checkpoint when none exists yet (said in the error message).
@@ -131,5 +157,6 @@ def find_checkpoint(stage: str) -> Path:
         return path
     looked = " and ".join(str(p) for p in candidates)
     make = MAKE_COMMAND.get(stage, f"python -m rlhf_lab {stage} --out {candidates[0]}")
+    hint = f"; {missing_data_hint()}" if not data_dir().is_dir() else ""
     raise FileNotFoundError(f"no {stage!r} checkpoint: looked in {looked}{''.join('; ' + s for s in skipped)}. "
-                            f"Make one with: {make}")
+                            f"Make one with: {make}{hint}")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlhf_lab import world
-from rlhf_lab.config import data_dir
+from rlhf_lab.config import data_dir, missing_data_hint
 from rlhf_lab.jsonl import read_jsonl, write_jsonl
 
 DIALOGUE_FIELDS = {"prompt": str, "completion": str}
@@ -109,6 +109,9 @@ def generate_corpora(out_dir: Path | None = None, cfg: CorpusConfig | None = Non
 
 
 def world_file(name: str) -> Path:
+    """data/world/<name>.jsonl (an error that says how to get the data if the folder is missing)."""
+    if not data_dir().is_dir():
+        raise FileNotFoundError(missing_data_hint())
     return data_dir() / "world" / f"{name}.jsonl"
 
 

@@ -198,7 +198,8 @@ def _measure(policy, reference, tokenizer, heldout_pairs: list[dict], eval_quest
     `eval_questions` -- the simulated human's score and the KL to the reference (the frontier)."""
     stats = heldout_preference_stats(policy, reference, tokenizer, heldout_pairs[: cfg.heldout_pairs], cfg.beta)
     sampling = EvalConfig(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
-    point = frontier_point(measure_policy(policy, tokenizer, eval_questions, sampling, reference=reference))
+    point = frontier_point(measure_policy(policy, tokenizer, eval_questions, sampling, reference=reference,
+                                          progress=False))  # under train_dpo's bar
     return {**stats, **{name: point[name] for name in ("true_score", "kl", "kl_k3", "words")}}
 
 

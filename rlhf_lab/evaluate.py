@@ -91,7 +91,7 @@ def judge_answers(prompts: list[str], answers: list[str], finished: list[bool] |
 
 @torch.no_grad()
 def measure_policy(policy, tokenizer, prompts: list[str], cfg: EvalConfig, families: list[str] | None = None,
-                   reference=None, reward_model=None) -> pd.DataFrame:
+                   reference=None, reward_model=None, progress: bool = True) -> pd.DataFrame:
     """Sample one answer per prompt and measure it: one row per answer.
 
     Columns: everything `judge_answers` gives (the simulated human's `total`, its flags, `words`,
@@ -102,11 +102,13 @@ def measure_policy(policy, tokenizer, prompts: list[str], cfg: EvalConfig, famil
     and, when given a `reward_model`, `reward`: its score, the proxy RL maximises.
     Both log-probs use the sampling temperature (rule 2), so this is the KL between the
     distributions the answers are actually drawn from -- the same KL the trainers log.
+    `progress`: a bar while sampling, if that takes more than a couple of seconds.
     """
     device = next(policy.parameters()).device
     # A CPU generator: the same seed gives the same samples on every device.
     generator = torch.Generator().manual_seed(cfg.seed)
-    rollout = generate(policy, tokenizer, prompts, cfg.max_new_tokens, cfg.temperature, generator, cfg.batch_size)
+    rollout = generate(policy, tokenizer, prompts, cfg.max_new_tokens, cfg.temperature, generator, cfg.batch_size,
+                       progress)
     frame = judge_answers(prompts, rollout.texts, rollout.finished.tolist(), families)
     input_ids, attention_mask = rollout.input_ids.to(device), rollout.attention_mask.to(device)
     mask, ctx = rollout.response_mask.to(device), rollout.context_length
@@ -216,7 +218,8 @@ def evaluate_policy(model, tokenizer, cfg: EvalConfig | None = None) -> tuple[di
     return behaviour_metrics(frame), frame
 
 
-def heldout_comparison(model, reference, tokenizer, cfg: EvalConfig, reward_model=None) -> tuple[dict, pd.DataFrame]:
+def heldout_comparison(model, reference, tokenizer, cfg: EvalConfig, reward_model=None,
+                       progress: bool = True) -> tuple[dict, pd.DataFrame]:
     """Behaviour of `model` on the held-out prompts, head to head with the reference (SFT).
 
     Returns the metrics (behaviour rates, win rate against SFT, the held-out frontier point:
@@ -224,8 +227,8 @@ def heldout_comparison(model, reference, tokenizer, cfg: EvalConfig, reward_mode
     figures under "sft") and the judged answers.
     """
     prompts, families = heldout_prompts(cfg)
-    frame = measure_policy(model, tokenizer, prompts, cfg, families, reference, reward_model)
-    sft_frame = measure_policy(reference, tokenizer, prompts, cfg, families, reference, reward_model)
+    frame = measure_policy(model, tokenizer, prompts, cfg, families, reference, reward_model, progress)
+    sft_frame = measure_policy(reference, tokenizer, prompts, cfg, families, reference, reward_model, progress)
     metrics = {**behaviour_metrics(frame), **versus(frame, sft_frame),
                **{f"heldout_{name}": value for name, value in frontier_point(frame).items()},
                "sft": {**behaviour_metrics(sft_frame), "heldout_true_score": float(sft_frame["total"].mean())}}

@@ -14,7 +14,9 @@ import random
 from itertools import combinations
 
 import torch
+from tqdm.auto import tqdm
 
+from rlhf_lab.config import PROGRESS_DELAY
 from rlhf_lab.judge import DEFAULT_LABELLER, SimulatedLabeller
 from rlhf_lab.policy import generate
 from rlhf_lab.preferences import PreferenceRecord
@@ -26,15 +28,16 @@ CANDIDATE_TEMPERATURE = 1.0
 
 
 def sample_candidates(model, tokenizer, prompts: list[str], k: int = 4, temperature: float = CANDIDATE_TEMPERATURE,
-                      max_new_tokens: int = 48, seed: int = 0) -> list[tuple[str, list[str]]]:
+                      max_new_tokens: int = 48, seed: int = 0, progress: bool = True) -> list[tuple[str, list[str]]]:
     """K sampled answers per prompt: `[(prompt, [answer_1, ..., answer_K]), ...]`.
 
     Answers that did not finish (no end token) get " ..." appended so a labeller sees they were cut off.
+    `progress`: a bar while sampling, if it takes more than a couple of seconds.
     """
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     repeated = [p for p in prompts for _ in range(k)]
     rollout = generate(model, tokenizer, repeated, max_new_tokens=max_new_tokens, temperature=temperature,
-                       generator=generator)
+                       generator=generator, progress=progress)
     texts = [t if done else t + " ..." for t, done in zip(rollout.texts, rollout.finished.tolist())]
     return [(prompt, texts[i * k:(i + 1) * k]) for i, prompt in enumerate(prompts)]
 
@@ -46,11 +49,12 @@ def distinct_pairs(answers: list[str]) -> list[tuple[str, str]]:
 
 
 def simulate_labels(candidates: list[tuple[str, list[str]]], labeller: SimulatedLabeller = DEFAULT_LABELLER,
-                    seed: int = 0, limit: int | None = None) -> list[PreferenceRecord]:
+                    seed: int = 0, limit: int | None = None, progress: bool = True) -> list[PreferenceRecord]:
     """Label every distinct pair of each prompt's candidates with one noisy Bradley-Terry draw."""
     rng = random.Random(seed)
     records = []
-    for prompt, answers in candidates:
+    for prompt, answers in tqdm(candidates, desc="labelling", unit="prompt", disable=not progress,
+                                delay=PROGRESS_DELAY, leave=False):
         for answer_a, answer_b in distinct_pairs(answers):
             a_wins = labeller.label(prompt, answer_a, answer_b, rng)
             chosen, rejected = (answer_a, answer_b) if a_wins else (answer_b, answer_a)

@@ -1,10 +1,13 @@
 """Maintainers' commands: they rewrite files of the repository, so they are not among the learner's.
 
-    python -m rlhf_lab.maintain colab    write the Open-in-Colab badge and install cell into every
-                                         lesson, and the badge table into the README
+    python -m rlhf_lab.maintain colab        write the Open-in-Colab badge and install cell into every
+                                             lesson, and the badge table into the README
+    python -m rlhf_lab.maintain checkpoints  bring the shipped checkpoints' side files up to date
+                                             (tokenizer and generation configs, model cards) without
+                                             touching their weights or config.json
     python -m rlhf_lab.maintain outputs [NN ...] [--no-write] [--json FILE]
-                                         run the lessons at laptop scale, in order, in one fresh
-                                         artifacts folder; write their outputs; print their times
+                                             run the lessons at laptop scale, in order, in one fresh
+                                             artifacts folder; write their outputs; print their times
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ import argparse
 import json
 from pathlib import Path
 
-from rlhf_lab.colab import badge_markdown, install_cell, repository_url
+from rlhf_lab.colab import badge_markdown, install_cell, notebook_metadata, repository_url
 from rlhf_lab.config import REPO_DIR
+from rlhf_lab.provenance import MODEL_CARD, model_card, sampling_generation_config
 
 BADGE_MARK = "Open In Colab"
 INSTALL_MARK = "# On Colab only"
@@ -34,7 +38,8 @@ def colab_cells(notebook: str | Path) -> list[dict]:
 
 
 def write_notebook_cells(path: Path) -> bool:
-    """Make `path` start with the current badge and install cell; True if the file changed."""
+    """Make `path` start with the current badge and install cell, with Colab's runtime settings in its
+    metadata (`colab.notebook_metadata`: a GPU where one helps); True if the file changed."""
     text = path.read_text(encoding="utf-8")
     notebook = json.loads(text)
     cells = notebook["cells"]
@@ -42,6 +47,9 @@ def write_notebook_cells(path: Path) -> bool:
                      or "".join(cells[0]["source"]).startswith(INSTALL_MARK)):
         cells.pop(0)  # the previous badge / install cell
     notebook["cells"] = colab_cells(path) + cells
+    for key in ("accelerator", "colab"):
+        notebook["metadata"].pop(key, None)
+    notebook["metadata"].update(notebook_metadata(path))
     new_text = json.dumps(notebook, indent=1, ensure_ascii=False) + "\n"
     if new_text != text:
         path.write_text(new_text, encoding="utf-8")
@@ -89,11 +97,62 @@ def write_outputs(lessons: list[str], write: bool = True, json_path: Path | None
     run_lessons(lessons or None, scale="laptop", write=write, json_path=json_path)
 
 
+def _json_text(data: dict) -> str:
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+
+def _same_json(path: Path, text: str) -> bool:
+    """Whether `path` holds the JSON in `text`, whichever transformers version wrote it."""
+    if not path.is_file():
+        return False
+    old, new = json.loads(path.read_text(encoding="utf-8")), json.loads(text)
+    old.pop("transformers_version", None)
+    new.pop("transformers_version", None)
+    return old == new
+
+
+def refresh_checkpoint(folder: Path) -> list[str]:
+    """Rewrite what `policy.save_policy` / `RewardModel.save` would write today beside the weights:
+    tokenizer_config.json (no loading keys, `model_max_length` = n_positions), a policy's
+    generation_config.json (the course's sampling settings) and README.md (the model card, from
+    metrics.json). The weights and config.json are never touched. Returns the names of the files changed."""
+    from transformers import AutoConfig
+
+    from rlhf_lab.tokenizer import clean_tokenizer_config
+
+    folder = Path(folder)
+    config = AutoConfig.from_pretrained(folder)
+    tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    files = {"tokenizer_config.json": _json_text(clean_tokenizer_config(tokenizer_config, config.n_positions))}
+    if "GPT2ForSequenceClassification" not in (config.architectures or []):
+        files["generation_config.json"] = sampling_generation_config(config).to_json_string(use_diff=True)
+    metrics_path = folder / "metrics.json"
+    metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else None
+    changed = [name for name, text in files.items() if not _same_json(folder / name, text)]
+    card = model_card(folder, metrics, (metrics or {}).get("provenance"))
+    if not (folder / MODEL_CARD).is_file() or (folder / MODEL_CARD).read_text(encoding="utf-8") != card:
+        files[MODEL_CARD] = card
+        changed.append(MODEL_CARD)
+    for name in changed:
+        (folder / name).write_text(files[name], encoding="utf-8")
+    return changed
+
+
+def refresh_shipped_checkpoints(root: Path | None = None) -> list[str]:
+    """`refresh_checkpoint` for every folder of data/checkpoints."""
+    root = Path(root or REPO_DIR / "data" / "checkpoints")
+    changed = [f"{folder.name}/{name}" for folder in sorted(root.iterdir()) if (folder / "config.json").is_file()
+               for name in refresh_checkpoint(folder)]
+    print(f"checkpoints in {root}: " + (", ".join(changed) + " updated" if changed else "all up to date"))
+    return changed
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rlhf_lab.maintain", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("colab", help="rewrite the Colab badge and install cell of every lesson and the README")
+    commands.add_parser("checkpoints", help="update the shipped checkpoints' side files (configs, model cards)")
     outputs = commands.add_parser("outputs", help="run the lessons at laptop scale and commit their outputs")
     outputs.add_argument("lessons", nargs="*", help="lesson numbers or names (default: every lesson)")
     outputs.add_argument("--no-write", action="store_true", help="only time the lessons; leave the notebooks")
@@ -101,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "colab":
         write_colab_cells()
+    elif args.command == "checkpoints":
+        refresh_shipped_checkpoints()
     else:
         write_outputs(args.lessons, write=not args.no_write, json_path=args.json)
     return 0

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -32,7 +33,8 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from rlhf_lab.checkpoints import atomic_folder, check_checkpoint, check_weights
-from rlhf_lab.config import SAMPLING_TEMPERATURE
+from rlhf_lab.config import PROGRESS_DELAY, SAMPLING_TEMPERATURE
+from rlhf_lab.provenance import sampling_generation_config, write_model_card
 from rlhf_lab.tokenizer import END, format_prompt, save_tokenizer
 
 # GPT2Config keyword arguments per size. "nano" trains in seconds on a laptop CPU; "small" is for a
@@ -79,11 +81,15 @@ def save_policy(
 
     Safetensors, not pickle: loading a pickled checkpoint can run arbitrary code. The files are
     written beside `out_dir` and replace it all at once (`checkpoints.atomic_folder`): a crash or a
-    full disk mid-save leaves the previous checkpoint there, never half of each.
+    full disk mid-save leaves the previous checkpoint there, never half of each. The folder also
+    gets the course's sampling settings (generation_config.json) and a model card (README.md): see
+    `provenance`.
     """
+    model.generation_config = sampling_generation_config(model.config)
     with atomic_folder(out_dir) as folder:
         model.save_pretrained(folder, safe_serialization=True)
-        save_tokenizer(tokenizer, folder)
+        save_tokenizer(tokenizer, folder, model_max_length=model.config.n_positions)
+        write_model_card(folder)
 
 
 def load_policy(
@@ -247,8 +253,9 @@ def _generate_chunk(
     generator: torch.Generator | None,
     end_id: int,
     pad_id: int,
+    on_step=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample responses for one left-padded batch; returns `(response_ids, finished)`."""
+    """Sample responses for one left-padded batch; returns `(response_ids, finished)`. `on_step()` after each token."""
     batch_size = prompt_ids.shape[0]
     device = prompt_ids.device
     response_ids = torch.full((batch_size, max_new_tokens), pad_id, dtype=torch.long, device=device)
@@ -278,6 +285,8 @@ def _generate_chunk(
         response_ids[:, step] = next_token
         finished |= next_token == end_id
         length = step + 1
+        if on_step is not None:
+            on_step()
         if finished.all():
             break
         step_input = next_token[:, None]
@@ -310,6 +319,7 @@ def generate(
     temperature: float = SAMPLING_TEMPERATURE,
     generator: torch.Generator | None = None,
     batch_size: int = 256,
+    progress: bool = False,
 ) -> Rollout:
     """Sample one response per question with plain temperature sampling (0 = greedy).
 
@@ -317,7 +327,8 @@ def generate(
     a `torch.Generator` (e.g. `torch.Generator().manual_seed(0)`). Prompts are processed in chunks
     of `batch_size`; the tensors of all chunks are padded to a common width. The model is put in
     eval mode (a trainer switches it back with `model.train()`) and on whatever device it is,
-    the returned tensors are there too.
+    the returned tensors are there too. `progress`: a bar over the decoding steps, shown if it takes
+    more than a couple of seconds (off by default: a trainer's rollouts are under the trainer's own bar).
     """
     if not questions:
         raise ValueError("generate needs at least one question")
@@ -333,34 +344,31 @@ def generate(
     model.eval()
 
     prompt_chunks, response_chunks, finished_chunks = [], [], []
-    for start in range(0, len(questions), batch_size):
+    starts = range(0, len(questions), batch_size)
+    bar = tqdm(total=len(starts) * max_new_tokens, desc=f"sampling {len(questions)} answers", unit="step",
+               disable=not progress, delay=PROGRESS_DELAY, leave=False)
+    for start in starts:
         prompt_ids, prompt_mask = encode_prompts(tokenizer, questions[start : start + batch_size], device)
         longest = int(prompt_mask.sum(dim=1).max()) + max_new_tokens
         if longest > model.config.n_positions:
-            raise ValueError(
-                f"prompt + max_new_tokens = {longest} tokens exceeds the model's "
-                f"n_positions = {model.config.n_positions}"
-            )
+            raise ValueError(f"prompt + max_new_tokens = {longest} tokens exceeds the model's "
+                             f"n_positions = {model.config.n_positions}")
         response_ids, finished = _generate_chunk(
-            model, prompt_ids, prompt_mask, max_new_tokens, temperature, generator, end_id, pad_id
+            model, prompt_ids, prompt_mask, max_new_tokens, temperature, generator, end_id, pad_id, bar.update
         )
+        bar.update(max_new_tokens - response_ids.shape[1])  # the steps a chunk that ended early did not need
         prompt_chunks.append((prompt_ids, prompt_mask))
         response_chunks.append(response_ids)
         finished_chunks.append(finished)
+    bar.close()
 
     prompt_ids, prompt_mask, response_ids = _join_chunks(prompt_chunks, response_chunks, pad_id)
     response_mask = _response_mask(response_ids, end_id)
     # skip_special_tokens drops the end token and the pads.
     texts = tokenizer.batch_decode(response_ids.tolist(), skip_special_tokens=True)
-    return Rollout(
-        questions=list(questions),
-        prompt_ids=prompt_ids,
-        prompt_mask=prompt_mask,
-        response_ids=response_ids,
-        response_mask=response_mask,
-        finished=torch.cat(finished_chunks),
-        texts=[text.strip() for text in texts],
-    )
+    return Rollout(questions=list(questions), prompt_ids=prompt_ids, prompt_mask=prompt_mask,
+                   response_ids=response_ids, response_mask=response_mask,
+                   finished=torch.cat(finished_chunks), texts=[text.strip() for text in texts])
 
 
 def response_logits(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,

@@ -33,6 +33,7 @@ from rlhf_lab.checks import check_finite
 from rlhf_lab.config import for_scale
 from rlhf_lab.masked import check_same_shape, weighted_mean
 from rlhf_lab.policy import position_ids_from_mask, quiet_loading
+from rlhf_lab.provenance import write_model_card
 from rlhf_lab.tokenizer import format_dialogue, save_tokenizer
 
 # =====================================================================================
@@ -147,7 +148,8 @@ class RewardModel(nn.Module):
             classifier.transformer.ln_f.bias.copy_(fold_offset(self.backbone.ln_f.bias.cpu(), score_weight, offset))
         with atomic_folder(out_dir) as folder:  # all files at once: a crash leaves the old model whole
             classifier.save_pretrained(folder, safe_serialization=True)
-            save_tokenizer(tokenizer, folder)
+            save_tokenizer(tokenizer, folder, model_max_length=config.n_positions)
+            write_model_card(folder)
 
     @classmethod
     def load(cls, path, device="cpu"):

@@ -90,7 +90,7 @@ class _Probe:
 
     def measure(self, trainer: PPOTrainer) -> pd.DataFrame:
         return measure_policy(trainer.policy, trainer.tokenizer, self.prompts, self.cfg, self.families,
-                              trainer.reference, self.reward_model)
+                              trainer.reference, self.reward_model, progress=False)  # under PPO's bar
 
 
 def beta_sweep(sft_policy, reward_model, tokenizer, cfg: SweepConfig, scale: str | None = None,

@@ -8,8 +8,9 @@ The lessons do the same steps cell by cell; these functions chain them with file
 
 Every stage starts the same way (`_setup`: scale, seed, device), starts from the SFT policy
 unless told otherwise (also the frozen reference), and writes its checkpoint (safetensors) plus
-`metrics.json` and `history.csv` (`save_run`), each save all at once (`checkpoints.atomic_folder`).
-Stages take keyword arguments only, so a call says what each value is.
+`metrics.json` (with the run's provenance), `history.csv` and a model card (`save_run`), each save
+all at once (`checkpoints.atomic_folder`). Stages take keyword arguments only, so a call says what
+each value is.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from rlhf_lab import best_of_n, data, dpo, plotting, policy, reward, reward_analysis, reward_hacking, rloo_grpo
 from rlhf_lab.checkpoints import CheckpointError, atomic_folder, read_json, write_json
@@ -46,6 +48,7 @@ from rlhf_lab.evaluate import (
 from rlhf_lab.judge import DEFAULT_LABELLER, SimulatedLabeller, noise_ceiling
 from rlhf_lab.labelling import label_probabilities, sample_candidates, simulate_labels
 from rlhf_lab.preferences import PreferenceStore, read_preference_file
+from rlhf_lab.provenance import run_record, write_model_card
 
 BEST_OF_N_FILE = "best_of_n.json"
 
@@ -68,9 +71,14 @@ def pipeline_config(scale: str | None = None, **overrides) -> PipelineConfig:
 
 
 def save_run(out: Path, history: pd.DataFrame | None, metrics: dict, config=None,
-             samples: pd.DataFrame | None = None) -> None:
+             samples: pd.DataFrame | None = None, record: dict | None = None) -> None:
     """`history.csv`, `metrics.json`, `train_config.json` (and `samples.csv`) of a run, added to `out`
-    all at once: what is already there (the checkpoint) stays (`checkpoints.atomic_folder`)."""
+    all at once: what is already there (the checkpoint) stays (`checkpoints.atomic_folder`).
+
+    `record` (`provenance.run_record`: scale, device, seed, inputs, versions, commit) is stored in
+    metrics.json under "provenance"; a checkpoint folder also gets its model card (README.md).
+    """
+    metrics = metrics if record is None else {**metrics, "provenance": record}
     with atomic_folder(out, keep_existing=True) as out:
         if history is not None:
             history.to_csv(out / "history.csv", index=False)
@@ -79,6 +87,8 @@ def save_run(out: Path, history: pd.DataFrame | None, metrics: dict, config=None
             (out / "train_config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
         if samples is not None:
             samples.to_csv(out / "samples.csv", index=False)
+        if (out / "config.json").is_file():
+            write_model_card(out, metrics)
 
 
 def _setup(scale: str | None, seed: int, device: str | None) -> tuple[str, torch.device]:
@@ -101,6 +111,12 @@ def _load_reward_model(reward_dir: Path | None, device):
     return reward_model
 
 
+def _provenance(stage: str, scale: str, device, seed: int, **inputs) -> dict:
+    """`provenance.run_record` of a stage; every stage but labelling is measured on the held-out prompts."""
+    inputs.setdefault("eval_prompts", data.world_file("eval_prompts"))
+    return run_record(stage, scale=scale, device=device, seed=seed, inputs=inputs)
+
+
 # =====================================================================================
 # Stages 0-3: pretraining, SFT, labels, the reward model, PPO.
 # =====================================================================================
@@ -114,7 +130,8 @@ def train_lm_stage(out: Path, *, stage: str, scale: str | None = None, policy_di
 
     scale, device = _setup(scale, seed, device)
     # The data first: a bad line is reported before any model is loaded or trained.
-    rows = data.load_dialogues(data_path or data.world_file("pretrain" if stage == "pretrain" else "sft"))
+    data_path = data_path or data.world_file("pretrain" if stage == "pretrain" else "sft")
+    rows = data.load_dialogues(data_path)
     if stage == "pretrain":
         from rlhf_lab.tokenizer import build_tokenizer
 
@@ -122,7 +139,8 @@ def train_lm_stage(out: Path, *, stage: str, scale: str | None = None, policy_di
         model = policy.new_policy(preset or pipeline_config(scale).policy_preset, tokenizer, seed=seed).to(device)
         cfg = sft.pretrain_config(scale, seed=seed, **overrides)
     else:
-        model, tokenizer = policy.load_policy(policy_dir or find_checkpoint("base"), device)
+        policy_dir = policy_dir or find_checkpoint("base")
+        model, tokenizer = policy.load_policy(policy_dir, device)
         cfg = sft.sft_config(scale, seed=seed, **overrides)
     if progress:
         print(f"{stage}: {len(rows)} dialogues, scale {scale}, {cfg.steps} steps on {device}")
@@ -130,35 +148,40 @@ def train_lm_stage(out: Path, *, stage: str, scale: str | None = None, policy_di
     history = sft.train_language_model(model, tokenizer, rows, cfg, progress=progress, desc=stage)
     seconds = time.perf_counter() - started
     policy.save_policy(model, tokenizer, out)
-    metrics, _ = evaluate_on_heldout(model, tokenizer, scale)
+    metrics, _ = evaluate_on_heldout(model, tokenizer, scale, progress)
     metrics = {"final_loss": float(history["loss"].iloc[-1]), "train_seconds": seconds, **metrics}
-    save_run(out, history, metrics, cfg)
+    save_run(out, history, metrics, cfg,
+             record=_provenance(stage, scale, device, seed, policy=policy_dir, data=data_path))
     return metrics
 
 
-def evaluate_on_heldout(model, tokenizer, scale: str) -> tuple[dict, pd.DataFrame]:
+def evaluate_on_heldout(model, tokenizer, scale: str, progress: bool = True) -> tuple[dict, pd.DataFrame]:
     """Behaviour figures of one policy on the held-out prompts (no reference, no reward model)."""
     cfg = eval_config(scale)
     prompts, families = heldout_prompts(cfg)
-    frame = measure_policy(model, tokenizer, prompts, cfg, families)
+    frame = measure_policy(model, tokenizer, prompts, cfg, families, progress=progress)
     return behaviour_metrics(frame), frame
 
 
 def label_stage(out: Path, *, policy_dir: Path, n_pairs: int, k: int = 4, prompts_path: Path | None = None,
-                seed: int = 0, device: str | None = None, labeller: SimulatedLabeller = DEFAULT_LABELLER) -> dict:
+                seed: int = 0, device: str | None = None, labeller: SimulatedLabeller = DEFAULT_LABELLER,
+                progress: bool = True) -> dict:
     """Sample K answers per training prompt from the policy and label their pairs with the simulated human."""
     model, tokenizer = policy.load_policy(policy_dir, pick_device(device))
     prompts = [row["prompt"] for row in data.load_prompts(prompts_path or data.world_file("prompts"))]
     store = PreferenceStore(out)
     records, start = [], 0
+    bar = tqdm(total=n_pairs, desc="simulated labels", unit="pair", disable=not progress)
     while len(records) < n_pairs and start < len(prompts):
         # Each prompt gives up to C(K,2) pairs; sample in chunks until enough new labels are stored
         # (a pair the store already holds -- same prompt and answers -- is a duplicate and skipped).
         chunk = prompts[start:start + 256]
-        candidates = sample_candidates(model, tokenizer, chunk, k=k, seed=seed + start)
-        new = simulate_labels(candidates, labeller, seed=seed + start, limit=n_pairs - len(records))
+        candidates = sample_candidates(model, tokenizer, chunk, k=k, seed=seed + start, progress=progress)
+        new = simulate_labels(candidates, labeller, seed=seed + start, limit=n_pairs - len(records), progress=False)
         records += [record for record, is_new in zip(new, store.add_many(new)) if is_new]
+        bar.update(len(records) - bar.n)
         start += len(chunk)
+    bar.close()
     pairs = [{"prompt": r.prompt, "chosen": r.chosen, "rejected": r.rejected} for r in records]
     return {"written": len(records), "prompts": start, "store": str(out),
             "noise_ceiling": noise_ceiling(label_probabilities(pairs, labeller)), "labeller": asdict(labeller)}
@@ -173,14 +196,16 @@ def reward_stage(out: Path, *, prefs_path: Path, scale: str | None = None, polic
     store = read_preference_file(prefs_path)
     pairs = reward.pairs_from_records(store.records, cfg.learner_weight)
     train_pairs, heldout_pairs = reward.checked_split(pairs, cfg.heldout_fraction, seed, prefs_path)
-    sft_model, tokenizer = policy.load_policy(Path(policy_dir or find_checkpoint("sft")), device)
+    policy_dir = Path(policy_dir or find_checkpoint("sft"))
+    sft_model, tokenizer = policy.load_policy(policy_dir, device)
     reward_model = reward.RewardModel.from_policy(sft_model).to(device)
     started = time.perf_counter()
     history = reward.train_reward_model(reward_model, tokenizer, train_pairs, cfg, progress=progress)
     seconds = time.perf_counter() - started
     # Normalise on fresh samples of the starting policy, at the temperature RL samples at (rule 6).
     prompts = data.training_prompts()[:cfg.normalise_samples]
-    candidates = sample_candidates(sft_model, tokenizer, prompts, k=1, temperature=SAMPLING_TEMPERATURE, seed=seed + 99)
+    candidates = sample_candidates(sft_model, tokenizer, prompts, k=1, temperature=SAMPLING_TEMPERATURE, seed=seed + 99,
+                                   progress=progress)
     reward.normalise_to_policy(reward_model, tokenizer, [p for p, _ in candidates], [a[0] for _, a in candidates])
     reward_model.save(out, tokenizer)
     probabilities = label_probabilities(heldout_pairs, labeller)
@@ -190,7 +215,9 @@ def reward_stage(out: Path, *, prefs_path: Path, scale: str | None = None, polic
                "heldout_pairs": len(heldout_pairs),
                **reward_analysis.reward_report(reward_model, tokenizer, heldout_pairs),
                "noise_ceiling": noise_ceiling(probabilities), "gap_by_kind": gap.round(4).to_dict("index")}
-    save_run(out, history, metrics, cfg)
+    record = _provenance("reward", scale, device, seed, policy=policy_dir, prefs=prefs_path,
+                         normalise_prompts=data.world_file("prompts"))
+    save_run(out, history, metrics, cfg, record=record)
     return metrics
 
 
@@ -204,6 +231,7 @@ def ppo_stage(out: Path, *, scale: str | None = None, policy_dir: Path | None = 
     cfg = ppo.ppo_config(scale, seed=seed, **overrides)
     if resume:
         ppo.read_ppo_state(out)  # refuse a missing or mixed checkpoint before loading anything
+    policy_dir, reward_dir = policy_dir or find_checkpoint("sft"), reward_dir or find_checkpoint("reward")
     model, reference, tokenizer = _policy_and_reference(policy_dir, device, Path(out) if resume else None)
     reward_model = _load_reward_model(reward_dir, device)
     demonstrations = data.load_dialogues(data.world_file("sft"))  # for the PPO-ptx term
@@ -214,10 +242,12 @@ def ppo_stage(out: Path, *, scale: str | None = None, policy_dir: Path | None = 
     started = time.perf_counter()
     history = trainer.train(callback=callback, progress=progress, out=out)
     seconds = time.perf_counter() - started
-    metrics, frame = heldout_comparison(model, reference, tokenizer, eval_config(scale), reward_model)
+    metrics, frame = heldout_comparison(model, reference, tokenizer, eval_config(scale), reward_model, progress)
     metrics = {"train_seconds": seconds, **metrics, "final_kl": float(history["kl"].iloc[-5:].mean()),
                "final_beta": float(history["beta"].iloc[-1]), "final_reward": float(history["reward"].iloc[-5:].mean())}
-    save_run(out, history, metrics, cfg, samples=frame)
+    save_run(out, history, metrics, cfg, samples=frame,
+             record=_provenance("ppo", scale, device, seed, policy=policy_dir, reward=reward_dir,
+                                prompts=data.world_file("prompts"), ptx=data.world_file("sft")))
     return metrics
 
 
@@ -245,7 +275,7 @@ def run_pipeline(out: Path, *, scale: str | None = None, pretrain: bool = False,
         timed("base", train_lm_stage, base_dir, stage="pretrain", preset=cfg.policy_preset, **common)
     timed("sft", train_lm_stage, out / "sft", stage="sft", policy_dir=base_dir, **common)
     timed("labels", label_stage, out / "preferences.jsonl", policy_dir=out / "sft", n_pairs=cfg.label_pairs,
-          k=cfg.candidates_per_prompt, seed=seed, device=device)
+          k=cfg.candidates_per_prompt, seed=seed, device=device, progress=progress)
     timed("reward", reward_stage, out / "reward", prefs_path=out / "preferences.jsonl", policy_dir=out / "sft",
           **common)
     timed("ppo", ppo_stage, out / "ppo", policy_dir=out / "sft", reward_dir=out / "reward", **common)
@@ -271,17 +301,19 @@ def dpo_stage(out: Path, *, scale: str | None = None, policy_dir: Path | None = 
     prefs_path = Path(prefs_path or dpo.reward_model_preferences())
     pairs = dpo.preference_pairs(prefs_path, cfg.learner_weight)
     reward.checked_split(pairs, cfg.heldout_fraction, cfg.seed, prefs_path)  # the same split train_dpo makes
+    policy_dir = policy_dir or find_checkpoint("sft")
     model, reference, tokenizer = _policy_and_reference(policy_dir, device)
     started = time.perf_counter()
     history = dpo.train_dpo(model, reference, tokenizer, pairs, cfg, progress=progress, callback=callback)
     seconds = time.perf_counter() - started
     policy.save_policy(model, tokenizer, out)
-    metrics, frame = heldout_comparison(model, reference, tokenizer, eval_config(scale))
+    metrics, frame = heldout_comparison(model, reference, tokenizer, eval_config(scale), progress=progress)
     last = history.dropna(subset=["heldout_accuracy"]).iloc[-1]
     metrics = {"train_seconds": seconds, "pairs": len(pairs), "prefs": str(prefs_path), "beta": cfg.beta, **metrics,
                "final_heldout_accuracy": float(last["heldout_accuracy"]), "final_kl": float(last["kl"]),
                "final_reward_margin": float(history["reward_margin"].iloc[-10:].mean())}
-    save_run(out, history, metrics, cfg, samples=frame)
+    save_run(out, history, metrics, cfg, samples=frame,
+             record=_provenance("dpo", scale, device, seed, policy=policy_dir, prefs=prefs_path))
     return metrics
 
 
@@ -291,6 +323,7 @@ def group_stage(out: Path, *, method: str, scale: str | None = None, policy_dir:
     """RLOO or GRPO (`method`) from the SFT policy against the reward model."""
     scale, device = _setup(scale, seed, device)
     cfg = rloo_grpo.group_config(method, scale, seed=seed, **overrides)
+    policy_dir, reward_dir = policy_dir or find_checkpoint("sft"), reward_dir or find_checkpoint("reward")
     model, reference, tokenizer = _policy_and_reference(policy_dir, device)
     reward_model = _load_reward_model(reward_dir, device)
     trainer = rloo_grpo.GroupTrainer(model, reference, reward_model, tokenizer, data.training_prompts(), cfg)
@@ -298,11 +331,13 @@ def group_stage(out: Path, *, method: str, scale: str | None = None, policy_dir:
     history = trainer.train(callback=callback, progress=progress)
     seconds = time.perf_counter() - started
     policy.save_policy(model, tokenizer, out)
-    metrics, frame = heldout_comparison(model, reference, tokenizer, eval_config(scale), reward_model)
+    metrics, frame = heldout_comparison(model, reference, tokenizer, eval_config(scale), reward_model, progress)
     metrics = {"train_seconds": seconds, "method": method, "kl_in": cfg.kl_placement, "beta": cfg.beta, **metrics,
                "final_kl": float(history["kl"].iloc[-5:].mean()),
                "final_reward": float(history["reward"].iloc[-5:].mean())}
-    save_run(out, history, metrics, cfg, samples=frame)
+    save_run(out, history, metrics, cfg, samples=frame,
+             record=_provenance(method, scale, device, seed, policy=policy_dir, reward=reward_dir,
+                                prompts=data.world_file("prompts")))
     return metrics
 
 
@@ -320,7 +355,7 @@ def best_of_n_stage(out: Path, *, scale: str | None = None, policy_dir: Path | N
     started = time.perf_counter()
     candidates = best_of_n.best_of_n_sample(model, reward_model, tokenizer, prompts, cfg.n, cfg.temperature,
                                             cfg.max_new_tokens, torch.Generator().manual_seed(cfg.seed),
-                                            cfg.missing_end_penalty)
+                                            cfg.missing_end_penalty, progress)
     seconds = time.perf_counter() - started
     ladder = [2**i for i in range(cfg.n.bit_length()) if 2**i < cfg.n] + [cfg.n]
     judged = best_of_n.best_of_n_ladder(candidates, ladder, families)
@@ -334,7 +369,9 @@ def best_of_n_stage(out: Path, *, scale: str | None = None, policy_dir: Path | N
     with atomic_folder(out) as folder:  # the settings and the run's files, all at once
         (folder / BEST_OF_N_FILE).write_text(json.dumps({"policy": str(policy_dir), "reward": str(reward_dir),
                                                           **asdict(cfg)}, indent=2) + "\n")
-        save_run(folder, history, metrics, cfg, samples=candidates.assign(total=frame["total"], flags=frame["flags"]))
+        samples = candidates.assign(total=frame["total"], flags=frame["flags"])
+        save_run(folder, history, metrics, cfg, samples=samples,
+                 record=_provenance("best-of-n", scale, device, cfg.seed, policy=policy_dir, reward=reward_dir))
     return metrics
 
 
@@ -377,7 +414,8 @@ def sweep_stage(out: Path, *, scale: str | None = None, policy_dir: Path | None 
     """
     scale, device = _setup(scale, seed, device)
     cfg = reward_hacking.sweep_config(scale, seed=seed, **overrides)
-    sft_policy, tokenizer = policy.load_policy(Path(policy_dir or find_checkpoint("sft")), device)
+    policy_dir, reward_dir = Path(policy_dir or find_checkpoint("sft")), reward_dir or find_checkpoint("reward")
+    sft_policy, tokenizer = policy.load_policy(policy_dir, device)
     reward_model = _load_reward_model(reward_dir, device)
     started = time.perf_counter()
     frontier, histories, sweep_answers = reward_hacking.beta_sweep(sft_policy, reward_model, tokenizer, cfg, scale,
@@ -396,5 +434,7 @@ def sweep_stage(out: Path, *, scale: str | None = None, policy_dir: Path | None 
         plotting.overoptimisation(curve, summary["peak_iteration"], path=folder / "overoptimisation.png")
         fixed = histories[histories["beta_setting"] == cfg.adaptive_beta] if cfg.adaptive_beta in cfg.betas else None
         plotting.adaptive_kl(adaptive, cfg.adaptive_target, fixed, path=folder / "adaptive_kl.png")
-        save_run(folder, frontier, metrics, cfg)
+        record = _provenance("sweep", scale, device, seed, policy=policy_dir, reward=reward_dir,
+                             prompts=data.world_file("prompts"))
+        save_run(folder, frontier, metrics, cfg, record=record)
     return metrics

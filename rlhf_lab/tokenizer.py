@@ -139,26 +139,41 @@ def build_tokenizer(words: Iterable[str]) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def save_tokenizer(tokenizer: PreTrainedTokenizerFast, out_dir: str | os.PathLike) -> None:
+def save_tokenizer(tokenizer: PreTrainedTokenizerFast, out_dir: str | os.PathLike,
+                   model_max_length: int | None = None) -> None:
     """`tokenizer.save_pretrained(out_dir)`, written so that transformers 4.4x and 5.x both load it.
 
     transformers 5 records its own class name (`TokenizersBackend`, unknown to 4.x), names the
     extra special tokens `extra_special_tokens` and puts the chat template in a separate
     `chat_template.jinja` (which 4.4x does not read); 4.x returns `token_type_ids` unless told the
     model's input names. We rewrite `tokenizer_config.json` in the form both versions understand, so
-    that a checkpoint saved here also loads, and tokenizes, the same on Colab.
+    that a checkpoint saved here also loads, and tokenizes, the same on Colab (`clean_tokenizer_config`).
+    `model_max_length`: the model's `n_positions`, so that `truncation=True` cuts where the model ends.
     """
     out_dir = Path(out_dir)
     tokenizer.save_pretrained(out_dir)
     config_path = out_dir / "tokenizer_config.json"
-    config = json.loads(config_path.read_text())
-    config["tokenizer_class"] = "PreTrainedTokenizerFast"
-    config["model_input_names"] = MODEL_INPUT_NAMES  # 4.x would otherwise add token_type_ids (see above)
-    extra = config.pop("extra_special_tokens", None)
-    if isinstance(extra, list) and extra:
-        config["additional_special_tokens"] = extra
+    config = clean_tokenizer_config(json.loads(config_path.read_text()), model_max_length)
     if isinstance(tokenizer.chat_template, str):
         config["chat_template"] = tokenizer.chat_template
         # One source of truth: transformers 5 would prefer the .jinja file over the config.
         (out_dir / "chat_template.jinja").unlink(missing_ok=True)
     config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+
+
+# What transformers 5 copies from the loading call into a saved config: they describe where the
+# tokenizer was once loaded from, not the tokenizer.
+LOADING_KEYS = ("is_local", "local_files_only")
+
+
+def clean_tokenizer_config(config: dict, model_max_length: int | None = None) -> dict:
+    """A saved `tokenizer_config.json`, in the form transformers 4.4x and 5.x both read (see `save_tokenizer`)."""
+    config = {key: value for key, value in config.items() if key not in LOADING_KEYS}
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config["model_input_names"] = MODEL_INPUT_NAMES  # 4.x would otherwise add token_type_ids (see above)
+    extra = config.pop("extra_special_tokens", None)
+    if isinstance(extra, list) and extra:
+        config["additional_special_tokens"] = extra
+    if model_max_length is not None:
+        config["model_max_length"] = model_max_length
+    return config

@@ -197,6 +197,9 @@ def test_each_command_writes_metrics_history_and_an_evaluable_output(command, tm
     assert run(*command, "--scale", "ci", "--policy", SHIPPED / "sft", "--out", out) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0.0 <= metrics["win_rate"] <= 1.0 and len(pd.read_csv(out / "history.csv")) >= 1
+    made_by = metrics["provenance"]  # rlhf_lab/provenance.py
+    assert (made_by["stage"], made_by["scale"]) == (command[0], "ci")
+    assert made_by["inputs"]["policy"]["path"] == str((SHIPPED / "sft").resolve())
     capsys.readouterr()  # the training summary
     assert run("evaluate", "--policy", out, "--scale", "ci", "--json") == 0
     figures = json.loads(capsys.readouterr().out)

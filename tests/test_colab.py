@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import rlhf_lab
 from rlhf_lab import colab, maintain
 
 REPO = Path(__file__).resolve().parent.parent
@@ -28,13 +29,31 @@ def test_each_lesson_starts_with_the_badge_and_the_install_cell_from_the_one_add
         assert "".join(cell["source"]) == "".join(want["source"]), (
             f"{path.name} is out of date with rlhf_lab/colab.py: run  python -m rlhf_lab.maintain colab")
     assert colab.colab_url(path) == (f"https://colab.research.google.com/github/{colab.REPOSITORY}/blob/"
-                                     f"{colab.BRANCH}/notebooks/{path.name}")
+                                     f"{colab.REVISION}/notebooks/{path.name}")
+
+
+def test_colab_opens_and_installs_a_release_not_the_moving_main():
+    assert colab.REVISION == f"v{rlhf_lab.__version__}", "the tag of this version (see rlhf_lab/colab.py)"
+    for path in NOTEBOOKS:
+        assert f"/blob/{colab.REVISION}/" in colab.badge_markdown(path)
+        assert f'"--branch", "{colab.REVISION}"' in colab.install_cell(path)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_a_gpu_runtime_is_asked_for_where_a_gpu_helps_and_nowhere_else(path):
+    metadata = json.loads(path.read_text(encoding="utf-8"))["metadata"]
+    if path.name in colab.GPU_NOTEBOOKS:
+        assert metadata["accelerator"] == "GPU" and metadata["colab"]["gpuType"] == colab.GPU_TYPE
+    else:
+        assert "accelerator" not in metadata and "colab" not in metadata
+    assert "08_scaling_up.ipynb" in colab.GPU_NOTEBOOKS
 
 
 def test_the_readme_has_a_badge_per_lesson_and_the_same_address():
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     assert maintain.readme_badges(NOTEBOOKS) in readme, "run  python -m rlhf_lab.maintain colab"
     assert f"git clone {colab.repository_url()}" in readme
+    assert f"as of the release `{colab.REVISION}`" in readme, "the README names the release Colab installs"
 
 
 def test_the_colab_command_changes_nothing_when_up_to_date(tmp_path, monkeypatch):
@@ -51,24 +70,34 @@ def test_the_colab_command_changes_nothing_when_up_to_date(tmp_path, monkeypatch
     assert rewritten[2:] == cells[1:], "the lesson's own cells are kept, in order"
 
 
-def run_install_cell(notebook: str, monkeypatch, on_colab: bool, mount=None) -> list[list[str]]:
+def never_mount(where):
+    raise AssertionError("Google Drive was mounted although the learner did not ask")
+
+
+def run_install_cell(notebook: str, monkeypatch, on_colab: bool, mount=None, keep_on_drive=False,
+                     pip_fails=False) -> list[list[str]]:
     """Execute a lesson's install cell with subprocess.run recorded instead of run."""
     commands = []
 
     def fake_run(command, check=False, **kwargs):
         commands.append([str(part) for part in command])
-        return subprocess.CompletedProcess(command, 0)
+        if pip_fails and "-c" in command:
+            return subprocess.CompletedProcess(command, 1, "", "ERROR: ResolutionImpossible: ... (many lines)")
+        return subprocess.CompletedProcess(command, 0, "", "")
 
     monkeypatch.setattr(subprocess, "run", fake_run)
     monkeypatch.setattr(sys, "path", list(sys.path))  # the cell inserts the clone; undo it afterwards
     if on_colab:
-        drive = types.SimpleNamespace(mount=mount or (lambda where: None))
+        drive = types.SimpleNamespace(mount=mount or never_mount)
         monkeypatch.setitem(sys.modules, "google", types.ModuleType("google"))
         monkeypatch.setitem(sys.modules, "google.colab", types.SimpleNamespace(drive=drive))
         monkeypatch.setitem(sys.modules, "google.colab.drive", drive)
     else:
         monkeypatch.delitem(sys.modules, "google.colab", raising=False)
-    exec(compile(colab.install_cell(notebook), notebook, "exec"), {"__name__": "__main__"})
+    source = colab.install_cell(notebook)
+    if keep_on_drive:  # the learner ticked the box
+        source = source.replace("KEEP_RUNS_ON_DRIVE = False", "KEEP_RUNS_ON_DRIVE = True")
+    exec(compile(source, notebook, "exec"), {"__name__": "__main__"})
     return commands
 
 
@@ -81,21 +110,33 @@ def test_the_install_cell_does_nothing_outside_colab(monkeypatch):
     assert "RLHF_LAB_ARTIFACTS" not in os.environ
 
 
-def test_on_colab_it_installs_without_touching_colabs_torch_transformers_or_ipywidgets(monkeypatch, tmp_path):
-    monkeypatch.setattr(colab, "DRIVE_DIR", str(tmp_path / "MyDrive" / "rlhf-lab"))
+def test_on_colab_it_installs_without_touching_colabs_torch_transformers_or_ipywidgets(monkeypatch, capsys):
     monkeypatch.setenv("RLHF_LAB_ARTIFACTS", "unchanged")
-    commands = run_install_cell("03_preferences.ipynb", monkeypatch, on_colab=True)
-    assert commands[0] == ["git", "clone", "--depth", "1", colab.repository_url(), colab.CLONE_DIR]
+    commands = run_install_cell("03_preferences.ipynb", monkeypatch, on_colab=True)  # Drive: never_mount
+    assert commands[0] == ["git", "clone", "--depth", "1", "--branch", colab.REVISION, colab.repository_url(),
+                           colab.CLONE_DIR]
     assert commands[1][1:] == ["-m", "pip", "install", "-q", "--no-deps", "-e", colab.CLONE_DIR]
     assert len(commands) == 2, "no other install for a lesson without extras"
     import os
 
+    # Drive is opt-in: Run all never stops at a login dialog, and the learner is told where runs go.
+    assert os.environ["RLHF_LAB_ARTIFACTS"] == str(Path(colab.CLONE_DIR) / "artifacts")
+    assert "tick KEEP_RUNS_ON_DRIVE" in capsys.readouterr().out
+
+
+def test_ticking_the_box_keeps_runs_on_google_drive(monkeypatch, tmp_path):
+    monkeypatch.setattr(colab, "DRIVE_DIR", str(tmp_path / "MyDrive" / "rlhf-lab"))
+    monkeypatch.setenv("RLHF_LAB_ARTIFACTS", "unchanged")
+    mounted = []
+    run_install_cell("03_preferences.ipynb", monkeypatch, on_colab=True, mount=mounted.append, keep_on_drive=True)
+    import os
+
+    assert mounted == ["/content/drive"]
     assert os.environ["RLHF_LAB_ARTIFACTS"] == str(tmp_path / "MyDrive" / "rlhf-lab" / "artifacts")
     assert Path(os.environ["RLHF_LAB_ARTIFACTS"]).is_dir()
 
 
-def test_lesson_08_installs_trl_with_colabs_versions_pinned(monkeypatch, tmp_path):
-    monkeypatch.setattr(colab, "DRIVE_DIR", str(tmp_path / "drive"))
+def test_lesson_08_installs_trl_with_colabs_versions_pinned(monkeypatch):
     monkeypatch.setenv("RLHF_LAB_ARTIFACTS", "unchanged")
     commands = run_install_cell("08_scaling_up.ipynb", monkeypatch, on_colab=True)
     trl_install = commands[2]
@@ -116,3 +157,13 @@ def test_without_drive_runs_go_to_the_runtime_and_the_learner_is_told(monkeypatc
 
     assert kept == Path(colab.CLONE_DIR) / "artifacts" and os.environ["RLHF_LAB_ARTIFACTS"] == str(kept)
     assert "DELETED when this Colab runtime ends" in capsys.readouterr().out
+
+
+def test_when_colabs_transformers_is_too_old_for_trl_one_line_says_what_to_do(monkeypatch):
+    monkeypatch.setenv("RLHF_LAB_ARTIFACTS", "unchanged")
+    with pytest.raises(colab.ColabInstallError) as raised:
+        run_install_cell("08_scaling_up.ipynb", monkeypatch, on_colab=True, pip_fails=True)
+    message = str(raised.value)
+    assert "\n" not in message and "ResolutionImpossible" not in message, "one line, not pip's report"
+    assert f"transformers=={metadata.version('transformers')}" in message
+    assert "!pip install -q -U transformers trl accelerate datasets" in message and "Restart session" in message

@@ -2,14 +2,18 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
+
+from rlhf_lab.colab import repository_url
 
 try:
     import tomllib
@@ -138,3 +142,65 @@ def test_every_notebook_cell_has_a_unique_id():
         notebook = json.loads(path.read_text(encoding="utf-8"))
         ids = [cell.get("id") for cell in notebook["cells"]]
         assert all(ids) and len(set(ids)) == len(ids), f"{path.name}: cells without a unique id"
+
+
+def test_project_metadata_names_the_license_and_the_repository():
+    project = load_pyproject()["project"]
+    assert project["license"] == "MIT" and project["license-files"] == ["LICENSE"]
+    assert (REPO / "LICENSE").read_text(encoding="utf-8").startswith("MIT License")
+    assert "MIT" in (REPO / "README.md").read_text(encoding="utf-8"), "the README says which license, and why"
+    assert {url.split("/issues")[0].split("/releases")[0] for url in project["urls"].values()} == {repository_url()}
+    assert "Intended Audience :: Education" in project["classifiers"]
+    assert not [c for c in project["classifiers"] if c.startswith("License ::")], "the SPDX `license` says it"
+    python_versions = [c.rsplit(" :: ", 1)[1] for c in project["classifiers"] if c.count("::") == 2 and
+                       c.startswith("Programming Language :: Python :: 3.")]
+    assert all(SpecifierSet(project["requires-python"]).contains(version) for version in python_versions)
+
+
+# The first lesson's loading code, as a learner runs it after `pip install .` (not editable), away
+# from the repository: the checkpoints must come with the installed package.
+LESSON_01_LOADING = """
+import json, rlhf_lab
+from rlhf_lab import policy
+from rlhf_lab.config import artifacts_dir, data_dir, find_checkpoint
+from rlhf_lab.data import training_prompts
+base_path = find_checkpoint("base")
+base_model, tokenizer = policy.load_policy(base_path)
+sft_model, _ = policy.load_policy(find_checkpoint("sft"))
+print(json.dumps({"package": rlhf_lab.__file__, "data": str(data_dir()), "artifacts": str(artifacts_dir()),
+                  "base": str(base_path), "sft": str(find_checkpoint("sft")), "prompts": len(training_prompts()),
+                  "parameters": sum(p.numel() for p in sft_model.parameters())}))
+"""
+
+
+@pytest.mark.slow
+def test_a_non_editable_install_carries_the_shipped_data(tmp_path):
+    # A copy of the repository (the build writes build/ and *.egg-info next to pyproject.toml).
+    source = tmp_path / "rlhf-lab"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", "build", "*.egg-info", "__pycache__",
+                                                               "artifacts", "runs", ".venv*", ".*_cache"))
+    # A fresh venv that sees this machine's torch and transformers (and pip and setuptools: no downloads).
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", venv], check=True)
+    python = venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+    env = {name: value for name, value in os.environ.items()
+           if name not in {"PYTHONPATH", "RLHF_LAB_DATA", "RLHF_LAB_ARTIFACTS"}}
+    install = subprocess.run([python, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
+                              "--ignore-installed", "-q", source], capture_output=True, text=True, env=env)
+    assert install.returncode == 0, install.stdout + install.stderr
+    shutil.rmtree(source)  # nothing may be read from the clone any more
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = subprocess.run([python, "-c", LESSON_01_LOADING], cwd=elsewhere, capture_output=True, text=True,
+                            env={**env, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    installed = Path(found["package"]).parent
+    assert installed.is_relative_to(venv), "the installed copy, not a clone on the path"
+    assert Path(found["data"]) == installed / "shipped_data"
+    assert Path(found["base"]) == installed / "shipped_data" / "checkpoints" / "base"
+    assert Path(found["sft"]) == installed / "shipped_data" / "checkpoints" / "sft"
+    assert found["prompts"] > 0 and found["parameters"] > 100_000
+    assert Path(found["artifacts"]) == elsewhere / "artifacts", "runs are saved where the learner works"
+    version = subprocess.run([venv / "bin" / "rlhf-lab", "--version"], capture_output=True, text=True, env=env)
+    assert version.returncode == 0 and version.stdout.startswith("rlhf-lab ")
