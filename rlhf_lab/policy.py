@@ -89,7 +89,7 @@ def save_policy(
     with atomic_folder(out_dir) as folder:
         model.save_pretrained(folder, safe_serialization=True)
         save_tokenizer(tokenizer, folder, model_max_length=model.config.n_positions)
-        write_model_card(folder)
+        write_model_card(folder, target=out_dir)
 
 
 def load_policy(

@@ -183,30 +183,41 @@ def _evaluation(metrics: dict | None) -> list[str]:
             + [f"| {key} | {_figure(numbers[key])} |" for key in ordered])
 
 
-def model_card(folder, metrics: dict | None = None, record: dict | None = None) -> str:
-    """The text of a checkpoint's README.md (see the module docstring)."""
+def model_card(folder, metrics: dict | None = None, record: dict | None = None, target=None) -> str:
+    """The text of a checkpoint's README.md (see the module docstring).
+
+    `folder` is where the card is written; `target` the checkpoint folder it describes when the card
+    is written into a save's staging folder (`checkpoints.atomic_folder`): its name, and the model
+    files the staging folder does not hold (yet).
+    """
     from rlhf_lab.colab import repository_url
 
     folder = Path(folder)
-    config = json.loads((folder / "config.json").read_text())
+    target = Path(target) if target is not None else folder
+    model_folder = folder if (folder / "model.safetensors").is_file() else target
+    config = json.loads((model_folder / "config.json").read_text())
     train_config_path = folder / "train_config.json"
     train_config = json.loads(train_config_path.read_text()) if train_config_path.is_file() else None
-    what, pipeline_tag, load = _describe_model(folder, config)
-    name = record["stage"] if record else folder.name
+    what, pipeline_tag, load = _describe_model(model_folder, config)
+    name = record["stage"] if record else target.name
     lines = ["---", "library_name: transformers", f"pipeline_tag: {pipeline_tag}", "license: mit",
              "tags: [rlhf-lab, rlhf, toy-model]", "---", "", f"# RLHF Lab: `{name}`", "", what, "",
              f"Made by [RLHF Lab]({repository_url()}), a course that trains the whole RLHF pipeline on a laptop. "
              "It knows only the course's small world: questions outside it get nonsense.", "",
-             "## Use", "", "```python", f"folder = \"{folder.name}\"", load, "```", "",
+             "## Use", "", "```python", f"folder = \"{target.name}\"", load, "```", "",
              "## How it was made", "", *_made_by(record, train_config), "", "## Evaluation", "",
              *_evaluation(metrics)]
     return "\n".join(lines) + "\n"
 
 
-def write_model_card(folder, metrics: dict | None = None, record: dict | None = None) -> Path:
-    """Write `folder/README.md`; `record` defaults to the `provenance` in `metrics`."""
+def write_model_card(folder, metrics: dict | None = None, record: dict | None = None, target=None) -> Path:
+    """Write `folder/README.md`; `record` defaults to the `provenance` in `metrics`; `target` as in
+    `model_card`. An existing card is replaced, never written through (it may be a hard link into
+    the checkpoint being replaced)."""
     folder = Path(folder)
     record = record if record is not None else (metrics or {}).get("provenance")
     path = folder / MODEL_CARD
-    path.write_text(model_card(folder, metrics, record), encoding="utf-8")
+    text = model_card(folder, metrics, record, target)
+    path.unlink(missing_ok=True)
+    path.write_text(text, encoding="utf-8")
     return path

@@ -149,7 +149,7 @@ class RewardModel(nn.Module):
         with atomic_folder(out_dir) as folder:  # all files at once: a crash leaves the old model whole
             classifier.save_pretrained(folder, safe_serialization=True)
             save_tokenizer(tokenizer, folder, model_max_length=config.n_positions)
-            write_model_card(folder)
+            write_model_card(folder, target=out_dir)
 
     @classmethod
     def load(cls, path, device="cpu"):

@@ -79,16 +79,17 @@ def save_run(out: Path, history: pd.DataFrame | None, metrics: dict, config=None
     metrics.json under "provenance"; a checkpoint folder also gets its model card (README.md).
     """
     metrics = metrics if record is None else {**metrics, "provenance": record}
-    with atomic_folder(out, keep_existing=True) as out:
+    target = Path(out)
+    with atomic_folder(target, keep_existing=True) as folder:
         if history is not None:
-            history.to_csv(out / "history.csv", index=False)
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+            history.to_csv(folder / "history.csv", index=False)
+        (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         if config is not None:
-            (out / "train_config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
+            (folder / "train_config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
         if samples is not None:
-            samples.to_csv(out / "samples.csv", index=False)
-        if (out / "config.json").is_file():
-            write_model_card(out, metrics)
+            samples.to_csv(folder / "samples.csv", index=False)
+        if (folder / "config.json").is_file() or (target / "config.json").is_file():  # a checkpoint: its card
+            write_model_card(folder, metrics, target=target)
 
 
 def _setup(scale: str | None, seed: int, device: str | None) -> tuple[str, torch.device]:

@@ -66,6 +66,7 @@ def test_a_plain_transformers_pipeline_answers_with_our_settings(saved_sft):
 def test_every_saved_checkpoint_gets_a_model_card(saved_sft, reward_model, sft, tmp_path):
     card = (saved_sft / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: transformers\npipeline_tag: text-generation\n")
+    assert 'folder = "sft"' in card, "the card names the checkpoint's folder, not the save's staging folder"
     assert f"{provenance.parameter_count(saved_sft):,} parameters" in card
     parameters = sum(p.numel() for p in transformers.AutoModelForCausalLM.from_pretrained(saved_sft).parameters())
     assert provenance.parameter_count(saved_sft) == parameters
@@ -73,6 +74,7 @@ def test_every_saved_checkpoint_gets_a_model_card(saved_sft, reward_model, sft, 
     reward_model.save(tmp_path / "reward", tokenizer)
     reward_card = (tmp_path / "reward" / "README.md").read_text()
     assert "pipeline_tag: text-classification" in reward_card and "AutoModelForSequenceClassification" in reward_card
+    assert 'folder = "reward"' in reward_card
 
 
 def test_run_record_names_inputs_versions_and_commit(tmp_path):
