@@ -31,9 +31,9 @@ from transformers import (
 
 from rlhf_lab import world
 from rlhf_lab.checks import check_finite
-from rlhf_lab.config import for_scale
+from rlhf_lab.config import for_scale, fused
 from rlhf_lab.masked import check_same_shape, weighted_mean
-from rlhf_lab.policy import position_ids_from_mask, quiet_loading
+from rlhf_lab.policy import left_pad, position_ids_from_mask, quiet_loading
 from rlhf_lab.tokenizer import format_dialogue, save_tokenizer
 
 # =====================================================================================
@@ -343,13 +343,33 @@ def item_batches(pairs: list[dict], items_per_batch: int, generator: torch.Gener
             for i in range(0, len(order), items_per_batch)]
 
 
-def pair_rewards(reward_model: RewardModel, tokenizer, pairs: list[dict]) -> tuple[Tensor, Tensor]:
-    """Rewards of the chosen and the rejected answers, in one forward pass."""
+def dialogue_ids(tokenizer, pairs: list[dict]) -> dict[tuple[str, str], list[int]]:
+    """Token ids of every distinct `(prompt, answer)` dialogue of the pairs, as `encode_answers` makes them.
+
+    A training run tokenizes its pairs once, up front, and its batches only pad these lists.
+    """
+    dialogues = list(dict.fromkeys((p["prompt"], answer) for p in pairs for answer in (p["chosen"], p["rejected"])))
+    rows = tokenizer([format_dialogue(prompt, answer) for prompt, answer in dialogues],
+                     add_special_tokens=False)["input_ids"]
+    return dict(zip(dialogues, rows))
+
+
+def pair_rewards(reward_model: RewardModel, tokenizer, pairs: list[dict],
+                 token_ids: dict[tuple[str, str], list[int]] | None = None) -> tuple[Tensor, Tensor]:
+    """Rewards of the chosen and the rejected answers, in one forward pass over the distinct answers.
+
+    The pairs of one labelling item share their answers (K answers make C(K, 2) pairs, and each
+    answer is in K - 1 of them), so each distinct dialogue is scored once and its reward read
+    wherever it appears: the same rewards, and the same gradient, from a third of the rows for K = 4.
+    `token_ids` (from `dialogue_ids`) saves tokenizing them again.
+    """
     device = next(reward_model.parameters()).device
-    prompts = [p["prompt"] for p in pairs]
-    input_ids, attention_mask = encode_answers(
-        tokenizer, prompts + prompts, [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs], device)
-    rewards = reward_model(input_ids, attention_mask)
+    dialogues = [(p["prompt"], p["chosen"]) for p in pairs] + [(p["prompt"], p["rejected"]) for p in pairs]
+    row_of = {dialogue: row for row, dialogue in enumerate(dict.fromkeys(dialogues))}
+    token_ids = token_ids or dialogue_ids(tokenizer, pairs)
+    input_ids, attention_mask = left_pad([token_ids[dialogue] for dialogue in row_of], tokenizer.pad_token_id)
+    distinct_rewards = reward_model(input_ids.to(device), attention_mask.to(device))
+    rewards = distinct_rewards[torch.tensor([row_of[dialogue] for dialogue in dialogues], device=device)]
     return rewards[: len(pairs)], rewards[len(pairs):]
 
 
@@ -360,13 +380,14 @@ def train_reward_model(reward_model: RewardModel, tokenizer, pairs: list[dict], 
         raise ValueError("no preference pairs to train on")
     device = next(reward_model.parameters()).device
     generator = torch.Generator().manual_seed(cfg.seed)
-    optimizer = torch.optim.AdamW(reward_model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = fused(torch.optim.AdamW, reward_model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    token_ids = dialogue_ids(tokenizer, pairs)  # tokenized once for the run
     history, step = [], 0
     reward_model.train()
     for epoch in range(cfg.epochs):
         batches = item_batches(pairs, cfg.items_per_batch, generator)
         for batch in tqdm(batches, desc=f"reward model, epoch {epoch + 1}", disable=not progress):
-            chosen_rewards, rejected_rewards = pair_rewards(reward_model, tokenizer, batch)
+            chosen_rewards, rejected_rewards = pair_rewards(reward_model, tokenizer, batch, token_ids)
             weights = torch.tensor([p["weight"] for p in batch], device=device)
             loss = bradley_terry_loss(chosen_rewards, rejected_rewards, weights)
             check_finite(f"reward model, step {step}", {"the loss": loss}, f"lower the lr, {cfg.lr}")

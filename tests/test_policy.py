@@ -16,7 +16,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM
+from transformers.activations import ACT2FN
 
 from rlhf_lab.policy import (
     PRESETS,
@@ -254,6 +255,39 @@ def test_response_logits_and_logprobs_agree(trained_model, tokenizer):
         logprobs = response_logprobs(trained_model, input_ids, mask, context, temperature=0.7)
     expected = F.log_softmax(logits, dim=-1).gather(-1, input_ids[:, context:, None])[..., 0]
     assert torch.allclose(logprobs, expected)
+
+
+def test_response_logits_are_the_full_forward_passs_logits_at_the_response_positions(position_sensitive_model,
+                                                                                      tokenizer):
+    # response_logits runs the LM head on the hidden states of the response positions only.
+    dialogues = [format_dialogue("what is 7 plus 5?", "12."), format_dialogue(COLOUR_QUESTION, "red.")]
+    batch = tokenizer(dialogues, padding=True, return_tensors="pt")  # left-padded
+    context = batch["input_ids"].shape[1] - 3
+    with torch.no_grad():
+        full = forward(position_sensitive_model, batch["input_ids"], batch["attention_mask"])
+        logits = response_logits(position_sensitive_model, batch["input_ids"], batch["attention_mask"], context, 0.7)
+    # The same float32 products, taken over fewer rows: equal up to rounding.
+    assert torch.allclose(logits, full[:, context - 1 : -1] / 0.7, rtol=1e-5, atol=1e-5)
+
+
+def test_the_activation_is_torchs_kernel_of_gpt2s_tanh_gelu(shipped, sft):
+    # "gelu_pytorch_tanh" is F.gelu(x, approximate="tanh"): GPT-2's "gelu_new" formula in one kernel.
+    assert all(preset["activation_function"] == "gelu_pytorch_tanh" for preset in PRESETS.values())
+    for checkpoint in ("base", "sft", "reward"):
+        assert AutoConfig.from_pretrained(shipped / checkpoint).activation_function == "gelu_pytorch_tanh"
+    x = torch.linspace(-12, 12, 24001)
+    assert torch.allclose(ACT2FN["gelu_pytorch_tanh"](x), ACT2FN["gelu_new"](x), rtol=1e-6, atol=1e-6)
+    model, sft_tokenizer = sft
+    batch = sft_tokenizer([format_dialogue("what is 7 plus 5?", "12."), format_dialogue("hi", "hello!")],
+                          padding=True, return_tensors="pt")
+    with torch.no_grad():
+        logits = forward(model, batch["input_ids"], batch["attention_mask"])
+        for block in model.transformer.h:
+            block.mlp.act = ACT2FN["gelu_new"]
+        written_out = forward(model, batch["input_ids"], batch["attention_mask"])
+    # Rounding differences of ~1e-7 relative in the activations, through two layers and logits of
+    # size ~20: far below 1e-3, and far below what any sampled token or score could notice.
+    assert torch.allclose(logits, written_out, rtol=0, atol=1e-3)
 
 
 def test_kl_between_a_policy_and_a_copy_of_itself_is_zero_at_the_sampling_temperature(trained_model, tokenizer):
