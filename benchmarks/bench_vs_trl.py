@@ -19,7 +19,9 @@ score with the shipped reward model (`data/checkpoints/reward`, through a reward
 model and DPO see the same examples in the same batches: the benchmark computes the batches our trainer draws (same
 functions, same seed) and hands TRL the examples in that order with a sequential sampler. The reward and DPO trainers
 batch whole labelling items (of varying size); here every pair is its own item, so every batch holds exactly
-`batch_size` pairs on both sides. The RL stages give TRL the prompts our trainer drew, in its order. Batch sizes,
+`batch_size` pairs on both sides. Our trainers score each distinct answer of a batch once (the pairs of one labelling
+item share their answers), so the benchmark uses only pairs that share no answer with another: both sides then run
+the same rows. The RL stages give TRL the prompts our trainer drew, in its order. Batch sizes,
 answer lengths (`max_new_tokens`), temperature and the shape of each rollout (episodes, updates per rollout,
 minibatch size) are the same.
 
@@ -32,13 +34,16 @@ repetition builds fresh trainers, ours then TRL's, so a change in the machine's 
 gives the median of each side and the median and range of the paired ratios ours / TRL (above 1: ours is faster).
 
 Differences that cannot be removed (each trainer's own way of doing a step is what is being compared):
-- Padding: ours left-pads and passes position ids; TRL right-pads. The real tokens are the same; in DPO our layout
-  (prompt block, then answer block) is wider (longest prompt + longest answer, where TRL pads to the longest pair).
-  The padded positions per step are reported.
-- Optimizers: each trainer's own (ours: torch's for-each Adam/AdamW; TRL: transformers' default, fused AdamW on
-  torch >= 2.8). Bookkeeping too: TRL's per-step metrics (entropy, token accuracy, rewards), ours' history rows.
-- Log-probs: TRL's DPO and RLOO run the LM head through TRL's fused, chunked log-prob kernel; ours computes the
-  logits and a log-softmax.
+- Padding: ours left-pads and passes position ids; TRL right-pads. The real tokens are the same. Our reward and DPO
+  trainers run a step's rows in passes of 16 rows of similar length (`rows_per_pass`), so they pad less than TRL's one
+  pass per step; in DPO a pass's layout (prompt block, then answer block) is as wide as its longest prompt plus its
+  longest answer. The padded positions per step are reported.
+- Optimizers: each trainer's own (ours: torch's fused Adam/AdamW where it has one, as on this CPU with torch >= 2.4;
+  TRL: transformers' default, fused AdamW on torch >= 2.8). Bookkeeping too: TRL's per-step metrics (entropy, token
+  accuracy, rewards), ours' history rows.
+- Log-probs: TRL's DPO and RLOO run the LM head through TRL's fused, chunked log-prob kernel, which on a CPU scores
+  every position; ours runs the LM head on the answer positions only, then a log-softmax. Our SFT loss, too, runs the
+  LM head only where a target token is predicted.
 - Reward model: ours is the backbone plus a linear head with bias (and a gain and offset); TRL's is
   GPT2ForSequenceClassification (a head without bias). Same backbone, same tokens.
 - DPO: our trainer checks held-out pairs and samples a few answers at step 0 and at its last step; that check is
@@ -227,8 +232,18 @@ def sft_plan(steps: int) -> dict:
 
 
 def single_pair_items(pairs: list[dict]) -> list[dict]:
-    """Every pair its own labelling item, so that batches hold exactly `items_per_batch` pairs."""
-    return [{**pair, "group": index} for index, pair in enumerate(pairs)]
+    """Every pair its own labelling item, so that batches hold exactly `items_per_batch` pairs.
+
+    Only pairs whose answers appear in no earlier pair: our trainers score a repeated answer once, TRL's twice,
+    and the benchmark compares the same rows.
+    """
+    seen, items = set(), []
+    for pair in pairs:
+        answers = {(pair["prompt"], pair["chosen"]), (pair["prompt"], pair["rejected"])}
+        if not answers & seen:
+            seen |= answers
+            items.append({**pair, "group": len(items)})
+    return items
 
 
 def preference_rows(batches: list[list[dict]]) -> list[dict]:

@@ -21,7 +21,7 @@ from rlhf_lab.checks import check_finite
 from rlhf_lab.config import SAMPLING_TEMPERATURE, artifacts_dir, data_dir, find_checkpoint, for_scale, fused
 from rlhf_lab.evaluate import EvalConfig, frontier_point, measure_policy
 from rlhf_lab.masked import check_same_shape, masked_sum, weighted_mean
-from rlhf_lab.policy import left_pad, response_logprobs
+from rlhf_lab.policy import in_row_order, left_pad, length_chunks, response_logprobs
 from rlhf_lab.preferences import PreferenceStore
 from rlhf_lab.reward import item_batches, pairs_from_records, split_by_prompt
 from rlhf_lab.tokenizer import END, format_prompt
@@ -93,13 +93,17 @@ class DPOConfig:
     max_new_tokens: int = 64
     max_steps: int = 0  # stop early after this many steps (0: all epochs)
     learner_weight: float = 2.0  # a learner's own label counts twice, as in the reward model's loss
+    # A step's answers go through the model in passes of this many, sorted by length, so that short
+    # answers are not padded to the longest (`policy.length_chunks`): the same log-probs, faster on a
+    # CPU. 0: one pass per step, faster on a GPU.
+    rows_per_pass: int = 16
     seed: int = 0
 
 
 DPO_PRESETS = {
     "ci": dict(max_steps=30, eval_every=10, eval_prompts=32, heldout_pairs=128),
     "laptop": dict(),
-    "gpu": dict(items_per_batch=12, eval_prompts=128),
+    "gpu": dict(items_per_batch=12, eval_prompts=128, rows_per_pass=0),
 }
 
 
@@ -182,36 +186,54 @@ def encode_responses(tokenizer, prompts: list[str], answers: list[str], device,
     return input_ids, attention_mask, prompt_ids.shape[1], response_mask.float().to(device)
 
 
-def pair_logprobs(model, tokenizer, pairs: list[dict], token_ids: dict | None = None) -> tuple[Tensor, Tensor]:
+def answer_logprobs(model, tokenizer, dialogues: list[tuple[str, str]], token_ids: dict,
+                    rows_per_pass: int = 0) -> Tensor:
+    """log π(answer | prompt) of each `(prompt, answer)`, `(N,)`, summed over the answer's tokens.
+
+    In passes of `rows_per_pass` dialogues of similar length (`policy.length_chunks`; 0: one pass).
+    `token_ids` comes from `response_token_ids`.
+    """
+    device = next(model.parameters()).device
+    chunks = length_chunks([len(token_ids["prompts"][prompt]) + len(token_ids["answers"][answer])
+                            for prompt, answer in dialogues], rows_per_pass)
+    logps = []
+    for chunk in chunks:
+        input_ids, attention_mask, ctx, response_mask = encode_responses(
+            tokenizer, [dialogues[i][0] for i in chunk], [dialogues[i][1] for i in chunk], device, token_ids)
+        token_logprobs = response_logprobs(model, input_ids, attention_mask, ctx, temperature=1.0)
+        logps.append(sequence_logprob(token_logprobs, response_mask))
+    return in_row_order(logps, chunks)
+
+
+def pair_logprobs(model, tokenizer, pairs: list[dict], token_ids: dict | None = None,
+                  rows_per_pass: int = 0) -> tuple[Tensor, Tensor]:
     """Sequence log-probs log π(y_w), log π(y_l) of each pair's answers, shape (B,) each.
 
     Summed over the response tokens (end token included), at temperature 1: DPO's π is the
-    model's own distribution. The chosen and rejected answers go through the model in one batch,
-    each distinct (prompt, answer) once: the pairs of one labelling item share their answers (K
-    answers make C(K, 2) pairs), so for K = 4 that is a third of the rows, with the same numbers.
-    `token_ids` (from `pairs_token_ids`) saves tokenizing them again.
+    model's own distribution. Each distinct (prompt, answer) goes through the model once: the pairs
+    of one labelling item share their answers (K answers make C(K, 2) pairs), so for K = 4 that is a
+    third of the rows, with the same numbers. `token_ids` (from `pairs_token_ids`) saves tokenizing
+    them again; `rows_per_pass`: see `answer_logprobs`.
     """
-    device = next(model.parameters()).device
     dialogues = [(p["prompt"], p["chosen"]) for p in pairs] + [(p["prompt"], p["rejected"]) for p in pairs]
     row_of = {dialogue: row for row, dialogue in enumerate(dict.fromkeys(dialogues))}
-    prompts, answers = [prompt for prompt, _ in row_of], [answer for _, answer in row_of]
-    input_ids, attention_mask, ctx, response_mask = encode_responses(tokenizer, prompts, answers, device, token_ids)
-    token_logprobs = response_logprobs(model, input_ids, attention_mask, ctx, temperature=1.0)
-    distinct_logps = sequence_logprob(token_logprobs, response_mask)
-    logps = distinct_logps[torch.tensor([row_of[dialogue] for dialogue in dialogues], device=device)]
+    distinct_logps = answer_logprobs(model, tokenizer, list(row_of), token_ids or pairs_token_ids(tokenizer, pairs),
+                                     rows_per_pass)
+    logps = distinct_logps[torch.tensor([row_of[dialogue] for dialogue in dialogues], device=distinct_logps.device)]
     return logps[: len(pairs)], logps[len(pairs):]
 
 
 @torch.no_grad()
 def heldout_preference_stats(policy, reference, tokenizer, pairs: list[dict], beta: float,
-                             batch_size: int = 128) -> dict[str, float]:
+                             batch_size: int = 128, rows_per_pass: int = 0) -> dict[str, float]:
     """DPO loss and implicit-reward accuracy (chosen reward > rejected reward) on held-out pairs."""
     losses, correct = [], []
     token_ids = pairs_token_ids(tokenizer, pairs)
     for i in range(0, len(pairs), batch_size):
         batch = pairs[i:i + batch_size]
-        loss, chosen_rewards, rejected_rewards = dpo_loss(*pair_logprobs(policy, tokenizer, batch, token_ids),
-                                                          *pair_logprobs(reference, tokenizer, batch, token_ids), beta)
+        loss, chosen_rewards, rejected_rewards = dpo_loss(
+            *pair_logprobs(policy, tokenizer, batch, token_ids, rows_per_pass),
+            *pair_logprobs(reference, tokenizer, batch, token_ids, rows_per_pass), beta)
         losses.append(loss.item() * len(batch))
         correct.append((chosen_rewards > rejected_rewards).float().sum().item())
     return {"heldout_loss": sum(losses) / len(pairs), "heldout_accuracy": sum(correct) / len(pairs)}
@@ -221,7 +243,8 @@ def _measure(policy, reference, tokenizer, heldout_pairs: list[dict], eval_quest
              cfg: DPOConfig) -> dict[str, float]:
     """Held-out loss and accuracy of the implicit reward, and -- from answers sampled on
     `eval_questions` -- the simulated human's score and the KL to the reference (the frontier)."""
-    stats = heldout_preference_stats(policy, reference, tokenizer, heldout_pairs[: cfg.heldout_pairs], cfg.beta)
+    stats = heldout_preference_stats(policy, reference, tokenizer, heldout_pairs[: cfg.heldout_pairs], cfg.beta,
+                                     rows_per_pass=cfg.rows_per_pass)
     sampling = EvalConfig(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
     point = frontier_point(measure_policy(policy, tokenizer, eval_questions, sampling, reference=reference))
     return {**stats, **{name: point[name] for name in ("true_score", "kl", "kl_k3", "words")}}
@@ -231,7 +254,7 @@ def _dpo_step(policy, optimizer, batch: list[dict], reference_logps: tuple[Tenso
               cfg: DPOConfig, step: int, token_ids: dict | None = None) -> dict[str, float]:
     """One gradient step of the DPO loss on a batch of pairs; returns what the history logs."""
     policy.train()
-    policy_chosen_logps, policy_rejected_logps = pair_logprobs(policy, tokenizer, batch, token_ids)
+    policy_chosen_logps, policy_rejected_logps = pair_logprobs(policy, tokenizer, batch, token_ids, cfg.rows_per_pass)
     weights = torch.tensor([p.get("weight", 1.0) for p in batch], device=policy_chosen_logps.device)
     loss, chosen_rewards, rejected_rewards = dpo_loss(policy_chosen_logps, policy_rejected_logps, *reference_logps,
                                                       cfg.beta, weights)
@@ -276,7 +299,8 @@ def train_dpo(policy, reference, tokenizer, pairs: list[dict], cfg: DPOConfig, p
     # `precompute_ref_log_probs`), with the very same batches, so that at step 0 π and π_ref
     # give bit-identical numbers. Each step then runs only the policy.
     with torch.no_grad():
-        reference_logps = [pair_logprobs(reference, tokenizer, batch, token_ids) for batch in batches]
+        reference_logps = [pair_logprobs(reference, tokenizer, batch, token_ids, cfg.rows_per_pass)
+                           for batch in batches]
     history: list[dict] = []
     started = time.perf_counter()
     bar = tqdm(enumerate(batches), total=len(batches), desc=f"DPO (β={cfg.beta})", disable=not progress)

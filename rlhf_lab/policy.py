@@ -173,6 +173,27 @@ def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
     return ids, mask
 
 
+def length_chunks(lengths: list[int], rows_per_chunk: int) -> list[list[int]]:
+    """Row indices sorted by length, in chunks of `rows_per_chunk` rows (0: one chunk, all rows in order).
+
+    A padded batch is as wide as its longest row, so a batch of dialogues of 10 to 60 tokens spends
+    half its positions on padding. Run chunk by chunk, rows of similar length go through the model
+    together and little is padded; each row's output does not depend on the rows beside it (rule 3),
+    so this changes how fast, not what is computed. Small chunks pay off on a CPU, where the cost
+    grows with the positions computed; on a GPU one wide pass is faster.
+    """
+    if rows_per_chunk < 1:
+        return [list(range(len(lengths)))]
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    return [order[start:start + rows_per_chunk] for start in range(0, len(order), rows_per_chunk)]
+
+
+def in_row_order(chunk_outputs: list[torch.Tensor], chunks: list[list[int]]) -> torch.Tensor:
+    """The outputs of `length_chunks`' chunks, concatenated and put back in the rows' own order."""
+    order = torch.tensor([row for chunk in chunks for row in chunk])
+    return torch.cat(chunk_outputs)[order.argsort().to(chunk_outputs[0].device)]
+
+
 def encode_prompts(
     tokenizer: PreTrainedTokenizerBase, questions: list[str], device: str | torch.device = "cpu"
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -33,7 +33,7 @@ from rlhf_lab import world
 from rlhf_lab.checks import check_finite
 from rlhf_lab.config import for_scale, fused
 from rlhf_lab.masked import check_same_shape, weighted_mean
-from rlhf_lab.policy import left_pad, position_ids_from_mask, quiet_loading
+from rlhf_lab.policy import in_row_order, left_pad, length_chunks, position_ids_from_mask, quiet_loading
 from rlhf_lab.tokenizer import format_dialogue, save_tokenizer
 
 # =====================================================================================
@@ -281,10 +281,14 @@ class RewardConfig:
     learner_weight: float = 2.0  # a learner's own label counts twice as much as a simulated one
     heldout_fraction: float = 0.1  # prompts held out to measure accuracy
     normalise_samples: int = 256  # SFT answers the scores are normalised on (mean 0, std 1)
+    # Each step's answers go through the model in passes of this many, sorted by length, so that short
+    # answers are not padded to the longest one (`policy.length_chunks`): the same rewards, ~1.4x faster
+    # on a CPU. 0: one pass per step, faster on a GPU.
+    rows_per_pass: int = 16
     seed: int = 0
 
 
-REWARD_PRESETS = {"ci": dict(), "laptop": dict(), "gpu": dict(items_per_batch=16)}
+REWARD_PRESETS = {"ci": dict(), "laptop": dict(), "gpu": dict(items_per_batch=16, rows_per_pass=0)}
 
 
 def reward_config(scale: str | None = None, **overrides) -> RewardConfig:
@@ -354,22 +358,32 @@ def dialogue_ids(tokenizer, pairs: list[dict]) -> dict[tuple[str, str], list[int
     return dict(zip(dialogues, rows))
 
 
+def score_token_rows(reward_model: RewardModel, rows: list[list[int]], pad_id: int, rows_per_pass: int = 0) -> Tensor:
+    """Scores `(N,)` of dialogues given as token ids, in passes of `rows_per_pass` rows of similar
+    length (`policy.length_chunks`; 0: all in one pass)."""
+    device = next(reward_model.parameters()).device
+    chunks = length_chunks([len(row) for row in rows], rows_per_pass)
+    scores = [reward_model(*(t.to(device) for t in left_pad([rows[i] for i in chunk], pad_id))) for chunk in chunks]
+    return in_row_order(scores, chunks)
+
+
 def pair_rewards(reward_model: RewardModel, tokenizer, pairs: list[dict],
-                 token_ids: dict[tuple[str, str], list[int]] | None = None) -> tuple[Tensor, Tensor]:
-    """Rewards of the chosen and the rejected answers, in one forward pass over the distinct answers.
+                 token_ids: dict[tuple[str, str], list[int]] | None = None,
+                 rows_per_pass: int = 0) -> tuple[Tensor, Tensor]:
+    """Rewards of the chosen and the rejected answers, each distinct answer scored once.
 
     The pairs of one labelling item share their answers (K answers make C(K, 2) pairs, and each
     answer is in K - 1 of them), so each distinct dialogue is scored once and its reward read
     wherever it appears: the same rewards, and the same gradient, from a third of the rows for K = 4.
-    `token_ids` (from `dialogue_ids`) saves tokenizing them again.
+    `token_ids` (from `dialogue_ids`) saves tokenizing them again; `rows_per_pass`: see `score_token_rows`.
     """
-    device = next(reward_model.parameters()).device
     dialogues = [(p["prompt"], p["chosen"]) for p in pairs] + [(p["prompt"], p["rejected"]) for p in pairs]
     row_of = {dialogue: row for row, dialogue in enumerate(dict.fromkeys(dialogues))}
     token_ids = token_ids or dialogue_ids(tokenizer, pairs)
-    input_ids, attention_mask = left_pad([token_ids[dialogue] for dialogue in row_of], tokenizer.pad_token_id)
-    distinct_rewards = reward_model(input_ids.to(device), attention_mask.to(device))
-    rewards = distinct_rewards[torch.tensor([row_of[dialogue] for dialogue in dialogues], device=device)]
+    distinct_rewards = score_token_rows(reward_model, [token_ids[dialogue] for dialogue in row_of],
+                                        tokenizer.pad_token_id, rows_per_pass)
+    rewards = distinct_rewards[torch.tensor([row_of[dialogue] for dialogue in dialogues],
+                                            device=distinct_rewards.device)]
     return rewards[: len(pairs)], rewards[len(pairs):]
 
 
@@ -387,7 +401,8 @@ def train_reward_model(reward_model: RewardModel, tokenizer, pairs: list[dict], 
     for epoch in range(cfg.epochs):
         batches = item_batches(pairs, cfg.items_per_batch, generator)
         for batch in tqdm(batches, desc=f"reward model, epoch {epoch + 1}", disable=not progress):
-            chosen_rewards, rejected_rewards = pair_rewards(reward_model, tokenizer, batch, token_ids)
+            chosen_rewards, rejected_rewards = pair_rewards(reward_model, tokenizer, batch, token_ids,
+                                                            cfg.rows_per_pass)
             weights = torch.tensor([p["weight"] for p in batch], device=device)
             loss = bradley_terry_loss(chosen_rewards, rejected_rewards, weights)
             check_finite(f"reward model, step {step}", {"the loss": loss}, f"lower the lr, {cfg.lr}")

@@ -25,6 +25,8 @@ from rlhf_lab.policy import (
     encode_prompts,
     forward,
     generate,
+    in_row_order,
+    length_chunks,
     load_policy,
     new_policy,
     position_ids_from_mask,
@@ -268,6 +270,15 @@ def test_response_logits_are_the_full_forward_passs_logits_at_the_response_posit
         logits = response_logits(position_sensitive_model, batch["input_ids"], batch["attention_mask"], context, 0.7)
     # The same float32 products, taken over fewer rows: equal up to rounding.
     assert torch.allclose(logits, full[:, context - 1 : -1] / 0.7, rtol=1e-5, atol=1e-5)
+
+
+def test_length_chunks_group_rows_of_similar_length_and_in_row_order_undoes_the_sort():
+    lengths = [30, 5, 12, 60, 7, 31, 8]
+    chunks = length_chunks(lengths, rows_per_chunk=3)
+    assert chunks == [[1, 4, 6], [2, 0, 5], [3]]  # each row once, shortest first
+    assert length_chunks(lengths, rows_per_chunk=0) == [list(range(7))]  # one pass, rows as given
+    outputs = [torch.tensor([float(lengths[row]) for row in chunk]) for chunk in chunks]
+    assert in_row_order(outputs, chunks).tolist() == [float(length) for length in lengths]
 
 
 def test_the_activation_is_torchs_kernel_of_gpt2s_tanh_gelu(shipped, sft):
