@@ -92,11 +92,11 @@ class DPOConfig:
     temperature: float = SAMPLING_TEMPERATURE  # the *evaluation* samples only; DPO's own log-probs use T = 1
     max_new_tokens: int = 64
     max_steps: int = 0  # stop early after this many steps (0: all epochs)
-    learner_weight: float = 2.0  # a learner's own label counts twice, as in the reward model's loss
     # A step's answers go through the model in passes of this many, sorted by length, so that short
     # answers are not padded to the longest (`policy.length_chunks`): the same log-probs, faster on a
     # CPU. 0: one pass per step, faster on a GPU.
     rows_per_pass: int = 16
+    learner_weight: float = 2.0  # a learner's own label counts twice, as in the reward model's loss
     seed: int = 0
 
 
