@@ -40,8 +40,9 @@ from rlhf_lab.tokenizer import END, format_prompt, save_tokenizer
 # the KL to the reference would be noisy.
 _NO_DROPOUT = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
 # GPT-2's tanh-approximated GELU, computed by torch's own kernel (`F.gelu(x, approximate="tanh")`).
-# GPT-2's default name for it, "gelu_new", is the same formula written out in Python operations; it
-# gives the same numbers to float32 rounding (~1e-6) and took a third of our nano policy's forward pass.
+# GPT-2's default name for it, "gelu_new", is the same formula written out in Python operations: the
+# same numbers to float32 rounding (logits differ by ~1e-5), and the kernel made our nano policy's
+# forward pass ~1.3x and its forward and backward passes ~1.2x faster on a CPU.
 _ACTIVATION = {"activation_function": "gelu_pytorch_tanh"}
 # Longest prompt + response, in tokens. World dialogues are far shorter.
 N_POSITIONS = 192
