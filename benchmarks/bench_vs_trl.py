@@ -36,7 +36,7 @@ gives the median of each side and the median and range of the paired ratios ours
 
 Differences that cannot be removed (each trainer's own way of doing a step is what is being compared):
 - Padding: ours left-pads and passes position ids; TRL right-pads. The real tokens are the same. Our reward and DPO
-  trainers run a step's rows in passes of 16 rows of similar length (`rows_per_pass`), so they pad less than TRL's one
+  trainers run a step's rows in passes of rows of similar length (`pass_overhead`), so they pad less than TRL's one
   pass per step; in DPO a pass's layout (prompt block, then answer block) is as wide as its longest prompt plus its
   longest answer. The padded positions per step are reported.
 - Optimizers: each trainer's own (ours: torch's fused Adam/AdamW where it has one, as on this CPU with torch >= 2.4;

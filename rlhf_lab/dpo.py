@@ -92,10 +92,10 @@ class DPOConfig:
     temperature: float = SAMPLING_TEMPERATURE  # the *evaluation* samples only; DPO's own log-probs use T = 1
     max_new_tokens: int = 64
     max_steps: int = 0  # stop early after this many steps (0: all epochs)
-    # A step's answers go through the model in passes of this many, sorted by length, so that short
-    # answers are not padded to the longest (`policy.length_chunks`): the same log-probs, up to 1.5x
-    # faster on a CPU (the more the lengths in a step differ, the more). 0: one pass per step.
-    rows_per_pass: int = 16
+    # A step's answers go through the model in passes of answers of similar length, so that short ones
+    # are not padded to the longest (`policy.length_chunks`, which weighs the padding saved against a
+    # pass's fixed cost, this many token positions): the same log-probs, faster on a CPU. 0: one pass.
+    pass_overhead: int = 128
     learner_weight: float = 2.0  # a learner's own label counts twice, as in the reward model's loss
     seed: int = 0
 
@@ -104,7 +104,7 @@ DPO_PRESETS = {
     "ci": dict(max_steps=30, eval_every=10, eval_prompts=32, heldout_pairs=128),
     "laptop": dict(),
     "gpu": dict(items_per_batch=12, eval_prompts=128,
-                rows_per_pass=0),  # one pass per step: at our sizes a GPU's cost is per pass, not per position
+                pass_overhead=0),  # one pass per step: at our sizes a GPU's cost is per pass, not per position
 }
 
 
@@ -188,15 +188,15 @@ def encode_responses(tokenizer, prompts: list[str], answers: list[str], device,
 
 
 def answer_logprobs(model, tokenizer, dialogues: list[tuple[str, str]], token_ids: dict,
-                    rows_per_pass: int = 0) -> Tensor:
+                    pass_overhead: int = 0) -> Tensor:
     """log π(answer | prompt) of each `(prompt, answer)`, `(N,)`, summed over the answer's tokens.
 
-    In passes of `rows_per_pass` dialogues of similar length (`policy.length_chunks`; 0: one pass).
+    In passes of dialogues of similar length (`policy.length_chunks(lengths, pass_overhead)`; 0: one pass).
     `token_ids` comes from `response_token_ids`.
     """
     device = next(model.parameters()).device
     chunks = length_chunks([len(token_ids["prompts"][prompt]) + len(token_ids["answers"][answer])
-                            for prompt, answer in dialogues], rows_per_pass)
+                            for prompt, answer in dialogues], pass_overhead)
     logps = []
     for chunk in chunks:
         input_ids, attention_mask, ctx, response_mask = encode_responses(
@@ -207,34 +207,34 @@ def answer_logprobs(model, tokenizer, dialogues: list[tuple[str, str]], token_id
 
 
 def pair_logprobs(model, tokenizer, pairs: list[dict], token_ids: dict | None = None,
-                  rows_per_pass: int = 0) -> tuple[Tensor, Tensor]:
+                  pass_overhead: int = 0) -> tuple[Tensor, Tensor]:
     """Sequence log-probs log π(y_w), log π(y_l) of each pair's answers, shape (B,) each.
 
     Summed over the response tokens (end token included), at temperature 1: DPO's π is the
     model's own distribution. Each distinct (prompt, answer) goes through the model once: the pairs
     of one labelling item share their answers (K answers make C(K, 2) pairs), so for K = 4 that is a
     third of the rows, with the same numbers. `token_ids` (from `pairs_token_ids`) saves tokenizing
-    them again; `rows_per_pass`: see `answer_logprobs`.
+    them again; `pass_overhead`: see `answer_logprobs`.
     """
     dialogues = [(p["prompt"], p["chosen"]) for p in pairs] + [(p["prompt"], p["rejected"]) for p in pairs]
     row_of = {dialogue: row for row, dialogue in enumerate(dict.fromkeys(dialogues))}
     distinct_logps = answer_logprobs(model, tokenizer, list(row_of), token_ids or pairs_token_ids(tokenizer, pairs),
-                                     rows_per_pass)
+                                     pass_overhead)
     logps = distinct_logps[torch.tensor([row_of[dialogue] for dialogue in dialogues], device=distinct_logps.device)]
     return logps[: len(pairs)], logps[len(pairs):]
 
 
 @torch.no_grad()
 def heldout_preference_stats(policy, reference, tokenizer, pairs: list[dict], beta: float,
-                             batch_size: int = 128, rows_per_pass: int = 0) -> dict[str, float]:
+                             batch_size: int = 128, pass_overhead: int = 0) -> dict[str, float]:
     """DPO loss and implicit-reward accuracy (chosen reward > rejected reward) on held-out pairs."""
     losses, correct = [], []
     token_ids = pairs_token_ids(tokenizer, pairs)
     for i in range(0, len(pairs), batch_size):
         batch = pairs[i:i + batch_size]
         loss, chosen_rewards, rejected_rewards = dpo_loss(
-            *pair_logprobs(policy, tokenizer, batch, token_ids, rows_per_pass),
-            *pair_logprobs(reference, tokenizer, batch, token_ids, rows_per_pass), beta)
+            *pair_logprobs(policy, tokenizer, batch, token_ids, pass_overhead),
+            *pair_logprobs(reference, tokenizer, batch, token_ids, pass_overhead), beta)
         losses.append(loss.item() * len(batch))
         correct.append((chosen_rewards > rejected_rewards).float().sum().item())
     return {"heldout_loss": sum(losses) / len(pairs), "heldout_accuracy": sum(correct) / len(pairs)}
@@ -245,7 +245,7 @@ def _measure(policy, reference, tokenizer, heldout_pairs: list[dict], eval_quest
     """Held-out loss and accuracy of the implicit reward, and -- from answers sampled on
     `eval_questions` -- the simulated human's score and the KL to the reference (the frontier)."""
     stats = heldout_preference_stats(policy, reference, tokenizer, heldout_pairs[: cfg.heldout_pairs], cfg.beta,
-                                     rows_per_pass=cfg.rows_per_pass)
+                                     pass_overhead=cfg.pass_overhead)
     sampling = EvalConfig(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
     point = frontier_point(measure_policy(policy, tokenizer, eval_questions, sampling, reference=reference))
     return {**stats, **{name: point[name] for name in ("true_score", "kl", "kl_k3", "words")}}
@@ -255,7 +255,7 @@ def _dpo_step(policy, optimizer, batch: list[dict], reference_logps: tuple[Tenso
               cfg: DPOConfig, step: int, token_ids: dict | None = None) -> dict[str, float]:
     """One gradient step of the DPO loss on a batch of pairs; returns what the history logs."""
     policy.train()
-    policy_chosen_logps, policy_rejected_logps = pair_logprobs(policy, tokenizer, batch, token_ids, cfg.rows_per_pass)
+    policy_chosen_logps, policy_rejected_logps = pair_logprobs(policy, tokenizer, batch, token_ids, cfg.pass_overhead)
     weights = torch.tensor([p.get("weight", 1.0) for p in batch], device=policy_chosen_logps.device)
     loss, chosen_rewards, rejected_rewards = dpo_loss(policy_chosen_logps, policy_rejected_logps, *reference_logps,
                                                       cfg.beta, weights)
@@ -300,7 +300,7 @@ def train_dpo(policy, reference, tokenizer, pairs: list[dict], cfg: DPOConfig, p
     # `precompute_ref_log_probs`), with the very same batches, so that at step 0 π and π_ref
     # give bit-identical numbers. Each step then runs only the policy.
     with torch.no_grad():
-        reference_logps = [pair_logprobs(reference, tokenizer, batch, token_ids, cfg.rows_per_pass)
+        reference_logps = [pair_logprobs(reference, tokenizer, batch, token_ids, cfg.pass_overhead)
                            for batch in batches]
     history: list[dict] = []
     started = time.perf_counter()

@@ -11,6 +11,8 @@ make them possible in seconds:
 """
 
 import copy
+import itertools
+import random
 
 import pytest
 import torch
@@ -273,11 +275,33 @@ def test_response_logits_are_the_full_forward_passs_logits_at_the_response_posit
     assert torch.allclose(logits, full[:, context - 1 : -1] / 0.7, rtol=1e-5, atol=1e-5)
 
 
-def test_length_chunks_group_rows_of_similar_length_and_in_row_order_undoes_the_sort():
+def passes_cost(passes: list[list[int]], lengths: list[int], overhead: int) -> int:
+    """Padded positions of the passes, plus `overhead` per pass."""
+    return sum(len(rows) * max(lengths[row] for row in rows) + overhead for rows in passes)
+
+
+def test_length_chunks_cut_the_sorted_rows_where_padding_and_passes_cost_least():
+    rng = random.Random(0)
+    for _ in range(60):
+        lengths = [rng.randint(1, 30) for _ in range(rng.randint(1, 8))]
+        overhead = rng.choice([1, 10, 50, 400])
+        chunks = length_chunks(lengths, overhead)
+        assert sorted(row for chunk in chunks for row in chunk) == list(range(len(lengths)))  # each row once
+        # Every way to cut the rows, sorted by length, into passes: none is cheaper.
+        order = sorted(range(len(lengths)), key=lengths.__getitem__)
+        cheapest = min(passes_cost([order[a:b] for a, b in zip((0, *cuts), (*cuts, len(order)))], lengths, overhead)
+                       for k in range(len(order)) for cuts in itertools.combinations(range(1, len(order)), k))
+        assert passes_cost(chunks, lengths, overhead) == cheapest
+    # Eight short rows and two long ones: two passes, unless a pass costs more than the padding saved.
+    assert length_chunks([10] * 8 + [60] * 2, pass_overhead=50) == [list(range(8)), [8, 9]]
+    assert length_chunks([10] * 8 + [60] * 2, pass_overhead=500) == [list(range(10))]
+    assert length_chunks([30, 5, 12], pass_overhead=0) == [[0, 1, 2]]  # one pass, rows as given
+
+
+def test_in_row_order_undoes_the_sort_of_the_chunks():
     lengths = [30, 5, 12, 60, 7, 31, 8]
-    chunks = length_chunks(lengths, rows_per_chunk=3)
-    assert chunks == [[1, 4, 6], [2, 0, 5], [3]]  # each row once, shortest first
-    assert length_chunks(lengths, rows_per_chunk=0) == [list(range(7))]  # one pass, rows as given
+    chunks = length_chunks(lengths, pass_overhead=20)
+    assert len(chunks) > 1
     outputs = [torch.tensor([float(lengths[row]) for row in chunk]) for chunk in chunks]
     assert in_row_order(outputs, chunks).tolist() == [float(length) for length in lengths]
 

@@ -55,7 +55,7 @@ def test_pair_rewards_score_each_shared_answer_once_with_the_same_rewards_and_gr
     assert len(token_ids) == 5
     ids, mask = reward.encode_answers(tokenizer, ["what is 2 plus 2?"], [answers[2]], "cpu")
     assert token_ids[("what is 2 plus 2?", answers[2])] == ids[0].tolist()
-    chosen, rejected = reward.pair_rewards(reward_model, tokenizer, pairs, token_ids, rows_per_pass=2)
+    chosen, rejected = reward.pair_rewards(reward_model, tokenizer, pairs, token_ids, pass_overhead=1)
     prompts = [p["prompt"] for p in pairs]  # every row scored, shared answers too, in one pass: the long way
     every_row = reward_model(*reward.encode_answers(tokenizer, prompts + prompts, [p["chosen"] for p in pairs]
                                                     + [p["rejected"] for p in pairs], "cpu"))
