@@ -3,6 +3,7 @@
     python benchmarks/bench_vs_trl.py                          # every stage, 5 paired repetitions (several minutes)
     python benchmarks/bench_vs_trl.py --quick                  # about a minute: few steps, one repetition (the test)
     python benchmarks/bench_vs_trl.py --stages dpo,ppo --reps 9 --json runs/bench_vs_trl.json
+    python benchmarks/bench_vs_trl.py --threads 1 --cpu-time   # on a busy machine: CPU seconds, not wall seconds
 
 Needs the `trl` extra (`pip install -e ".[trl]"`). Runs on the CPU, in float32, without gradient checkpointing.
 
@@ -19,7 +20,9 @@ score with the shipped reward model (`data/checkpoints/reward`, through a reward
 model and DPO see the same examples in the same batches: the benchmark computes the batches our trainer draws (same
 functions, same seed) and hands TRL the examples in that order with a sequential sampler. The reward and DPO trainers
 batch whole labelling items (of varying size); here every pair is its own item, so every batch holds exactly
-`batch_size` pairs on both sides. The RL stages give TRL the prompts our trainer drew, in its order. Batch sizes,
+`batch_size` pairs on both sides. Our trainers score each distinct answer of a batch once (the pairs of one labelling
+item share their answers), so the benchmark uses only pairs that share no answer with another: both sides then run
+the same rows. The RL stages give TRL the prompts our trainer drew, in its order. Batch sizes,
 answer lengths (`max_new_tokens`), temperature and the shape of each rollout (episodes, updates per rollout,
 minibatch size) are the same.
 
@@ -32,13 +35,16 @@ repetition builds fresh trainers, ours then TRL's, so a change in the machine's 
 gives the median of each side and the median and range of the paired ratios ours / TRL (above 1: ours is faster).
 
 Differences that cannot be removed (each trainer's own way of doing a step is what is being compared):
-- Padding: ours left-pads and passes position ids; TRL right-pads. The real tokens are the same; in DPO our layout
-  (prompt block, then answer block) is wider (longest prompt + longest answer, where TRL pads to the longest pair).
-  The padded positions per step are reported.
-- Optimizers: each trainer's own (ours: torch's for-each Adam/AdamW; TRL: transformers' default, fused AdamW on
-  torch >= 2.8). Bookkeeping too: TRL's per-step metrics (entropy, token accuracy, rewards), ours' history rows.
-- Log-probs: TRL's DPO and RLOO run the LM head through TRL's fused, chunked log-prob kernel; ours computes the
-  logits and a log-softmax.
+- Padding: ours left-pads and passes position ids; TRL right-pads. The real tokens are the same. Our reward and DPO
+  trainers run a step's rows in passes of rows of similar length (`pass_overhead`), so they pad less than TRL's one
+  pass per step; in DPO a pass's layout (prompt block, then answer block) is as wide as its longest prompt plus its
+  longest answer. The padded positions per step are reported.
+- Optimizers: each trainer's own (ours: torch's fused Adam/AdamW where it has one, as on this CPU with torch >= 2.4;
+  TRL: transformers' default, fused AdamW on torch >= 2.8). Bookkeeping too: TRL's per-step metrics (entropy, token
+  accuracy, rewards), ours' history rows.
+- Log-probs: TRL's DPO and RLOO run the LM head through TRL's fused, chunked log-prob kernel, which on a CPU scores
+  every position; ours runs the LM head on the answer positions only, then a log-softmax. Our SFT loss, too, runs the
+  LM head only where a target token is predicted.
 - Reward model: ours is the backbone plus a linear head with bias (and a gain and offset); TRL's is
   GPT2ForSequenceClassification (a head without bias). Same backbone, same tokens.
 - DPO: our trainer checks held-out pairs and samples a few answers at step 0 and at its last step; that check is
@@ -63,7 +69,9 @@ Differences that cannot be removed (each trainer's own way of doing a step is wh
   does not. It counts in our time.
 
 The machine must be quiet: /proc/loadavg is printed at the start, with a warning when other work is running,
-because the figures are then unreliable. Compare only figures from the same machine, thread count and load.
+because the figures are then unreliable. Where it cannot be, `--threads 1 --cpu-time` times both sides by the CPU
+seconds their process used rather than the wall clock, which leaves out the waits for a core (not the slower
+memory and caches of a busy machine). Compare only figures from the same machine, thread count and load.
 """
 
 from __future__ import annotations
@@ -134,7 +142,9 @@ class WorkMeter:
     passes of generation. `snapshots[i]` holds the counters at stamp i, so step i's work is a difference.
     """
 
-    def __init__(self, trained: torch.nn.Module, networks: dict[str, torch.nn.Module]):
+    def __init__(self, trained: torch.nn.Module, networks: dict[str, torch.nn.Module],
+                 clock: Callable[[], float] = time.perf_counter):
+        self.clock = clock
         self.tracked = {id(p) for p in trained.parameters()}
         self.networks = networks
         self.counters: dict[str, float] = defaultdict(float)
@@ -144,7 +154,7 @@ class WorkMeter:
 
     def _on_step(self, optimizer, args, kwargs) -> None:
         if any(id(p) in self.tracked for group in optimizer.param_groups for p in group["params"]):
-            self.stamps.append(time.perf_counter())
+            self.stamps.append(self.clock())
             self.snapshots.append(dict(self.counters))
 
     def _counter(self, role: str) -> Callable:
@@ -227,8 +237,18 @@ def sft_plan(steps: int) -> dict:
 
 
 def single_pair_items(pairs: list[dict]) -> list[dict]:
-    """Every pair its own labelling item, so that batches hold exactly `items_per_batch` pairs."""
-    return [{**pair, "group": index} for index, pair in enumerate(pairs)]
+    """Every pair its own labelling item, so that batches hold exactly `items_per_batch` pairs.
+
+    Only pairs whose answers appear in no earlier pair: our trainers score a repeated answer once, TRL's twice,
+    and the benchmark compares the same rows.
+    """
+    seen, items = set(), []
+    for pair in pairs:
+        answers = {(pair["prompt"], pair["chosen"]), (pair["prompt"], pair["rejected"])}
+        if not answers & seen:
+            seen |= answers
+            items.append({**pair, "group": len(items)})
+    return items
 
 
 def preference_rows(batches: list[list[dict]]) -> list[dict]:
@@ -453,10 +473,10 @@ SIDES = {
 # =====================================================================================
 
 
-def measure(run: Run, stage: str, warmup: int) -> dict:
+def measure(run: Run, stage: str, warmup: int, clock: Callable[[], float] = time.perf_counter) -> dict:
     """Train under the meter; the throughput and the work per step of the timed window."""
     main_role = "reward" if stage == "reward" else "policy"
-    with WorkMeter(run.trained, run.networks) as meter:
+    with WorkMeter(run.trained, run.networks, clock) as meter:
         run.train()
     seconds, steps, work = meter.window(warmup)
     result = {"seconds": seconds, "steps": steps, "work_per_step": {k: v / steps for k, v in sorted(work.items())},
@@ -474,7 +494,7 @@ def measure(run: Run, stage: str, warmup: int) -> dict:
     return result | {"units": units, "rate": units / seconds}
 
 
-def run_stage(stage: str, sizes: dict, reps: int) -> dict:
+def run_stage(stage: str, sizes: dict, reps: int, clock: Callable[[], float] = time.perf_counter) -> dict:
     """`reps` paired repetitions, ours then TRL's, each with fresh trainers and models."""
     rl = stage in UPDATES
     steps = sizes["iterations"] if rl else sizes["steps"]
@@ -486,7 +506,7 @@ def run_stage(stage: str, sizes: dict, reps: int) -> dict:
         plan["seed"] = rep  # RL: each repetition samples with its own seed, on both sides (see the docstring)
         for side, make in (("ours", ours), ("trl", theirs)):
             torch.manual_seed(0)  # the same start on both sides (our reward head is drawn from it)
-            results[side].append(measure(make(plan), stage, warmup))
+            results[side].append(measure(make(plan), stage, warmup, clock))
             print(f"  {stage} rep {rep + 1}/{reps} {side:4s} {results[side][-1]['rate']:10.1f} {UNITS[stage]}/s",
                   flush=True)
     ratios = [o["rate"] / t["rate"] for o, t in zip(results["ours"], results["trl"])]
@@ -519,7 +539,8 @@ def print_table(results: dict) -> None:
     for stage, result in results["stages"].items():
         print(f"{stage:7s} {result['unit'] + '/s':13s} {result['ours_median']:9.1f} {result['trl_median']:9.1f}   "
               f"{result['ratio_median']:.2f} ({result['ratio_min']:.2f}-{result['ratio_max']:.2f})")
-    print(f"medians of {results['reps']} paired repetition(s); ratio above 1: ours is faster\n\nwork per step:")
+    print(f"medians of {results['reps']} paired repetition(s), {results['clock']} seconds; ratio above 1: ours is "
+          "faster\n\nwork per step:")
     for stage, result in results["stages"].items():
         for side, name in (("ours", "ours"), ("trl", "TRL")):
             print(f"  {stage:7s} {name:5s} {work_summary(stage, result[side])}")
@@ -558,6 +579,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="few steps, one repetition: about a minute")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the results to PATH")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time with the process's CPU time, not the wall clock: on a busy machine, with "
+                             "--threads 1, it counts the work done, not the waits for a core")
     args = parser.parse_args(argv)
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     unknown = sorted(set(stages) - set(STAGES))
@@ -568,13 +592,15 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     sizes = QUICK if args.quick else FULL
+    clock = time.process_time if args.cpu_time else time.perf_counter
     reps = args.reps or sizes["reps"]
     results = {"loadavg_start": check_quiet_machine(), "quick": args.quick, "reps": reps, "sizes": sizes,
-               "torch_threads": torch.get_num_threads(), "versions": {"torch": torch.__version__,
-               "transformers": transformers.__version__, "trl": trl.__version__}, "stages": {}}
+               "torch_threads": torch.get_num_threads(), "clock": "cpu time" if args.cpu_time else "wall",
+               "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                            "trl": trl.__version__}, "stages": {}}
     with quiet_libraries():
         for stage in stages:
-            results["stages"][stage] = run_stage(stage, sizes, reps)
+            results["stages"][stage] = run_stage(stage, sizes, reps, clock)
     results["loadavg_end"] = load_average()
     print_table(results)
     print(f"/proc/loadavg at end: {results['loadavg_end']}")

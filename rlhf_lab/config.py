@@ -85,6 +85,21 @@ def autocast(device, enabled: bool = True):
     return contextlib.nullcontext()
 
 
+def fused(optimizer_class, parameters, **settings):
+    """`optimizer_class(parameters, **settings)` (Adam or AdamW), fused where this torch has it for the device.
+
+    The fused version updates every tensor in one kernel instead of a few kernels per tensor: the
+    same update to float32 rounding, about four times faster on our small models, where the
+    optimizer step is a visible share of a training step. torch has it on CUDA (and on CPU and MPS
+    from torch 2.4 and 2.5); elsewhere the constructor refuses, and we fall back to the default.
+    """
+    parameters = list(parameters)
+    try:
+        return optimizer_class(parameters, fused=True, **settings)
+    except (RuntimeError, TypeError):  # no fused kernel for these parameters' device in this torch
+        return optimizer_class(parameters, **settings)
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python and torch so that CPU runs repeat exactly."""
     import torch

@@ -18,13 +18,13 @@ from tqdm.auto import tqdm
 
 from rlhf_lab.checkpoints import read_json
 from rlhf_lab.checks import check_finite
-from rlhf_lab.config import SAMPLING_TEMPERATURE, artifacts_dir, data_dir, find_checkpoint, for_scale
+from rlhf_lab.config import SAMPLING_TEMPERATURE, artifacts_dir, data_dir, find_checkpoint, for_scale, fused
 from rlhf_lab.evaluate import EvalConfig, frontier_point, measure_policy
 from rlhf_lab.masked import check_same_shape, masked_sum, weighted_mean
-from rlhf_lab.policy import encode_prompts, response_logprobs
+from rlhf_lab.policy import in_row_order, left_pad, length_chunks, response_logprobs
 from rlhf_lab.preferences import read_preference_file
 from rlhf_lab.reward import item_batches, pairs_from_records, split_by_prompt
-from rlhf_lab.tokenizer import END
+from rlhf_lab.tokenizer import END, format_prompt
 
 
 def sequence_logprob(token_logprobs: Tensor, mask: Tensor) -> Tensor:
@@ -92,6 +92,10 @@ class DPOConfig:
     temperature: float = SAMPLING_TEMPERATURE  # the *evaluation* samples only; DPO's own log-probs use T = 1
     max_new_tokens: int = 64
     max_steps: int = 0  # stop early after this many steps (0: all epochs)
+    # A step's answers go through the model in passes of answers of similar length, so that short ones
+    # are not padded to the longest (`policy.length_chunks`, which weighs the padding saved against a
+    # pass's fixed cost, this many token positions): the same log-probs, faster on a CPU. 0: one pass.
+    pass_overhead: int = 128
     learner_weight: float = 2.0  # a learner's own label counts twice, as in the reward model's loss
     seed: int = 0
 
@@ -99,7 +103,8 @@ class DPOConfig:
 DPO_PRESETS = {
     "ci": dict(max_steps=30, eval_every=10, eval_prompts=32, heldout_pairs=128),
     "laptop": dict(),
-    "gpu": dict(items_per_batch=12, eval_prompts=128),
+    "gpu": dict(items_per_batch=12, eval_prompts=128,
+                pass_overhead=0),  # one pass per step: at our sizes a GPU's cost is per pass, not per position
 }
 
 
@@ -139,8 +144,26 @@ def preference_pairs(path: str | Path, learner_weight: float = 2.0) -> list[dict
     return pairs_from_records(read_preference_file(path).records, learner_weight)
 
 
-def encode_responses(tokenizer, prompts: list[str], answers: list[str], device,
-                     finished: list[bool] | None = None) -> tuple[Tensor, Tensor, int, Tensor]:
+def response_token_ids(tokenizer, prompts: list[str], answers: list[str]) -> dict[str, dict[str, list[int]]]:
+    """Token ids of every distinct prompt (`<|user|> q <|assistant|>`) and answer (`answer <|end|>`).
+
+    A training run tokenizes its pairs once, up front (`pairs_token_ids`), and its batches only pad these lists.
+    The tokenizer splits on spaces, so an answer alone gives the same tokens as inside its dialogue.
+    """
+    prompts, answers = list(dict.fromkeys(prompts)), list(dict.fromkeys(answers))
+    prompt_rows = tokenizer([format_prompt(prompt) for prompt in prompts], add_special_tokens=False)["input_ids"]
+    answer_rows = tokenizer([f"{answer} {END}" for answer in answers], add_special_tokens=False)["input_ids"]
+    return {"prompts": dict(zip(prompts, prompt_rows)), "answers": dict(zip(answers, answer_rows))}
+
+
+def pairs_token_ids(tokenizer, pairs: list[dict]) -> dict[str, dict[str, list[int]]]:
+    """`response_token_ids` of the prompts and of the chosen and rejected answers of the pairs."""
+    return response_token_ids(tokenizer, [p["prompt"] for p in pairs],
+                              [answer for p in pairs for answer in (p["chosen"], p["rejected"])])
+
+
+def encode_responses(tokenizer, prompts: list[str], answers: list[str], device, finished: list[bool] | None = None,
+                     token_ids: dict | None = None) -> tuple[Tensor, Tensor, int, Tensor]:
     """Prompts and given answers laid out exactly like a rollout of `policy.generate`.
 
     Prompts are left-padded (`<|user|> q <|assistant|>`), each answer follows with its end token
@@ -148,45 +171,75 @@ def encode_responses(tokenizer, prompts: list[str], answers: list[str], device,
     then right padding. Returns `(input_ids, attention_mask, context_length, response_mask)`:
     the answer starts at column `context_length`, and `response_mask` (B, T) is 1 on the answer's
     tokens and its end token. So `response_logprobs` reads them with the usual `[ctx-1:-1]` slice.
+    `token_ids` (from `response_token_ids`, whose answers all ended) saves tokenizing them again.
     """
-    prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, device)
     finished = finished if finished is not None else [True] * len(answers)
-    # The tokenizer splits on spaces, so an answer alone gives the same tokens as inside its dialogue.
-    texts = [f"{answer} {END}" if ended else answer for answer, ended in zip(answers, finished)]
-    answer_rows = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    if token_ids is None or not all(finished):
+        # The tokenizer splits on spaces, so an answer alone gives the same tokens as inside its dialogue.
+        prompt_rows = tokenizer([format_prompt(prompt) for prompt in prompts], add_special_tokens=False)["input_ids"]
+        texts = [f"{answer} {END}" if ended else answer for answer, ended in zip(answers, finished)]
+        answer_rows = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    else:
+        prompt_rows = [token_ids["prompts"][prompt] for prompt in prompts]
+        answer_rows = [token_ids["answers"][answer] for answer in answers]
+    prompt_ids, prompt_mask = left_pad(prompt_rows, tokenizer.pad_token_id)
     width = max(len(row) for row in answer_rows)
     pad = tokenizer.pad_token_id
-    response_ids = torch.tensor([row + [pad] * (width - len(row)) for row in answer_rows], device=device)
-    response_mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in answer_rows], device=device)
-    input_ids = torch.cat([prompt_ids, response_ids], dim=1)
-    attention_mask = torch.cat([prompt_mask, response_mask], dim=1)
-    return input_ids, attention_mask, prompt_ids.shape[1], response_mask.float()
+    response_ids = torch.tensor([row + [pad] * (width - len(row)) for row in answer_rows])
+    response_mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in answer_rows])
+    input_ids = torch.cat([prompt_ids, response_ids], dim=1).to(device)
+    attention_mask = torch.cat([prompt_mask, response_mask], dim=1).to(device)
+    return input_ids, attention_mask, prompt_ids.shape[1], response_mask.float().to(device)
 
 
-def pair_logprobs(model, tokenizer, pairs: list[dict]) -> tuple[Tensor, Tensor]:
+def answer_logprobs(model, tokenizer, dialogues: list[tuple[str, str]], token_ids: dict,
+                    pass_overhead: int = 0) -> Tensor:
+    """log π(answer | prompt) of each `(prompt, answer)`, `(N,)`, summed over the answer's tokens.
+
+    In passes of dialogues of similar length (`policy.length_chunks(lengths, pass_overhead)`; 0: one pass).
+    `token_ids` comes from `response_token_ids`.
+    """
+    device = next(model.parameters()).device
+    chunks = length_chunks([len(token_ids["prompts"][prompt]) + len(token_ids["answers"][answer])
+                            for prompt, answer in dialogues], pass_overhead)
+    logps = []
+    for chunk in chunks:
+        input_ids, attention_mask, ctx, response_mask = encode_responses(
+            tokenizer, [dialogues[i][0] for i in chunk], [dialogues[i][1] for i in chunk], device, token_ids=token_ids)
+        token_logprobs = response_logprobs(model, input_ids, attention_mask, ctx, temperature=1.0)
+        logps.append(sequence_logprob(token_logprobs, response_mask))
+    return in_row_order(logps, chunks)
+
+
+def pair_logprobs(model, tokenizer, pairs: list[dict], token_ids: dict | None = None,
+                  pass_overhead: int = 0) -> tuple[Tensor, Tensor]:
     """Sequence log-probs log π(y_w), log π(y_l) of each pair's answers, shape (B,) each.
 
     Summed over the response tokens (end token included), at temperature 1: DPO's π is the
-    model's own distribution. Chosen and rejected answers go through the model in one batch.
+    model's own distribution. Each distinct (prompt, answer) goes through the model once: the pairs
+    of one labelling item share their answers (K answers make C(K, 2) pairs), so for K = 4 that is a
+    third of the rows, with the same numbers. `token_ids` (from `pairs_token_ids`) saves tokenizing
+    them again; `pass_overhead`: see `answer_logprobs`.
     """
-    device = next(model.parameters()).device
-    prompts = [p["prompt"] for p in pairs]
-    answers = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
-    input_ids, attention_mask, ctx, response_mask = encode_responses(tokenizer, prompts + prompts, answers, device)
-    token_logprobs = response_logprobs(model, input_ids, attention_mask, ctx, temperature=1.0)
-    logps = sequence_logprob(token_logprobs, response_mask)
+    dialogues = [(p["prompt"], p["chosen"]) for p in pairs] + [(p["prompt"], p["rejected"]) for p in pairs]
+    row_of = {dialogue: row for row, dialogue in enumerate(dict.fromkeys(dialogues))}
+    distinct_logps = answer_logprobs(model, tokenizer, list(row_of), token_ids or pairs_token_ids(tokenizer, pairs),
+                                     pass_overhead)
+    logps = distinct_logps[torch.tensor([row_of[dialogue] for dialogue in dialogues], device=distinct_logps.device)]
     return logps[: len(pairs)], logps[len(pairs):]
 
 
 @torch.no_grad()
 def heldout_preference_stats(policy, reference, tokenizer, pairs: list[dict], beta: float,
-                             batch_size: int = 128) -> dict[str, float]:
+                             batch_size: int = 128, pass_overhead: int = 0) -> dict[str, float]:
     """DPO loss and implicit-reward accuracy (chosen reward > rejected reward) on held-out pairs."""
     losses, correct = [], []
+    token_ids = pairs_token_ids(tokenizer, pairs)
     for i in range(0, len(pairs), batch_size):
         batch = pairs[i:i + batch_size]
-        loss, chosen_rewards, rejected_rewards = dpo_loss(*pair_logprobs(policy, tokenizer, batch),
-                                                          *pair_logprobs(reference, tokenizer, batch), beta)
+        loss, chosen_rewards, rejected_rewards = dpo_loss(
+            *pair_logprobs(policy, tokenizer, batch, token_ids, pass_overhead),
+            *pair_logprobs(reference, tokenizer, batch, token_ids, pass_overhead), beta)
         losses.append(loss.item() * len(batch))
         correct.append((chosen_rewards > rejected_rewards).float().sum().item())
     return {"heldout_loss": sum(losses) / len(pairs), "heldout_accuracy": sum(correct) / len(pairs)}
@@ -196,7 +249,8 @@ def _measure(policy, reference, tokenizer, heldout_pairs: list[dict], eval_quest
              cfg: DPOConfig) -> dict[str, float]:
     """Held-out loss and accuracy of the implicit reward, and -- from answers sampled on
     `eval_questions` -- the simulated human's score and the KL to the reference (the frontier)."""
-    stats = heldout_preference_stats(policy, reference, tokenizer, heldout_pairs[: cfg.heldout_pairs], cfg.beta)
+    stats = heldout_preference_stats(policy, reference, tokenizer, heldout_pairs[: cfg.heldout_pairs], cfg.beta,
+                                     pass_overhead=cfg.pass_overhead)
     sampling = EvalConfig(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
     point = frontier_point(measure_policy(policy, tokenizer, eval_questions, sampling, reference=reference,
                                           progress=False))  # under train_dpo's bar
@@ -204,10 +258,10 @@ def _measure(policy, reference, tokenizer, heldout_pairs: list[dict], eval_quest
 
 
 def _dpo_step(policy, optimizer, batch: list[dict], reference_logps: tuple[Tensor, Tensor], tokenizer,
-              cfg: DPOConfig, step: int) -> dict[str, float]:
+              cfg: DPOConfig, step: int, token_ids: dict | None = None) -> dict[str, float]:
     """One gradient step of the DPO loss on a batch of pairs; returns what the history logs."""
     policy.train()
-    policy_chosen_logps, policy_rejected_logps = pair_logprobs(policy, tokenizer, batch)
+    policy_chosen_logps, policy_rejected_logps = pair_logprobs(policy, tokenizer, batch, token_ids, cfg.pass_overhead)
     weights = torch.tensor([p.get("weight", 1.0) for p in batch], device=policy_chosen_logps.device)
     loss, chosen_rewards, rejected_rewards = dpo_loss(policy_chosen_logps, policy_rejected_logps, *reference_logps,
                                                       cfg.beta, weights)
@@ -244,19 +298,22 @@ def train_dpo(policy, reference, tokenizer, pairs: list[dict], cfg: DPOConfig, p
     train_pairs, heldout_pairs = split_by_prompt(pairs, cfg.heldout_fraction, cfg.seed)
     eval_questions = eval_questions or list(dict.fromkeys(p["prompt"] for p in train_pairs))[: cfg.eval_prompts]
     generator = torch.Generator().manual_seed(cfg.seed)
-    optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
+    optimizer = fused(torch.optim.Adam, policy.parameters(), lr=cfg.lr)
     batches = [batch for _ in range(cfg.epochs) for batch in item_batches(train_pairs, cfg.items_per_batch, generator)]
     batches = batches[: cfg.max_steps] if cfg.max_steps else batches
+    token_ids = pairs_token_ids(tokenizer, train_pairs)  # tokenized once for the run
     # π_ref never changes, so its log-probs of every batch are computed once, up front (TRL's
     # `precompute_ref_log_probs`), with the very same batches, so that at step 0 π and π_ref
     # give bit-identical numbers. Each step then runs only the policy.
     with torch.no_grad():
-        reference_logps = [pair_logprobs(reference, tokenizer, batch) for batch in batches]
+        reference_logps = [pair_logprobs(reference, tokenizer, batch, token_ids, cfg.pass_overhead)
+                           for batch in batches]
     history: list[dict] = []
     started = time.perf_counter()
     bar = tqdm(enumerate(batches), total=len(batches), desc=f"DPO (β={cfg.beta})", disable=not progress)
     for step, batch in bar:
-        row = {"step": step, **_dpo_step(policy, optimizer, batch, reference_logps[step], tokenizer, cfg, step),
+        row = {"step": step, **_dpo_step(policy, optimizer, batch, reference_logps[step], tokenizer, cfg, step,
+                                         token_ids),
                "seconds": time.perf_counter() - started}
         if step % cfg.eval_every == 0 or step == len(batches) - 1:
             row.update(_measure(policy, reference, tokenizer, heldout_pairs, eval_questions, cfg))

@@ -42,12 +42,17 @@ from rlhf_lab.tokenizer import END, format_prompt, save_tokenizer
 # PPO update would differ from those at rollout time even before any update (ratio != 1), and
 # the KL to the reference would be noisy.
 _NO_DROPOUT = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
+# GPT-2's tanh-approximated GELU, computed by torch's own kernel (`F.gelu(x, approximate="tanh")`).
+# GPT-2's default name for it, "gelu_new", is the same formula written out in Python operations: the
+# same numbers to float32 rounding (logits differ by ~1e-5), and the kernel made our nano policy's
+# forward pass ~1.3x and its forward and backward passes ~1.2x faster on a CPU.
+_ACTIVATION = {"activation_function": "gelu_pytorch_tanh"}
 # Longest prompt + response, in tokens. World dialogues are far shorter.
 N_POSITIONS = 192
 PRESETS: dict[str, dict] = {
-    "nano": {"n_layer": 2, "n_head": 2, "n_embd": 64, "n_positions": N_POSITIONS, **_NO_DROPOUT},
-    "tiny": {"n_layer": 4, "n_head": 4, "n_embd": 128, "n_positions": N_POSITIONS, **_NO_DROPOUT},
-    "small": {"n_layer": 6, "n_head": 8, "n_embd": 256, "n_positions": N_POSITIONS, **_NO_DROPOUT},
+    "nano": {"n_layer": 2, "n_head": 2, "n_embd": 64, "n_positions": N_POSITIONS, **_NO_DROPOUT, **_ACTIVATION},
+    "tiny": {"n_layer": 4, "n_head": 4, "n_embd": 128, "n_positions": N_POSITIONS, **_NO_DROPOUT, **_ACTIVATION},
+    "small": {"n_layer": 6, "n_head": 8, "n_embd": 256, "n_positions": N_POSITIONS, **_NO_DROPOUT, **_ACTIVATION},
 }
 
 
@@ -158,16 +163,66 @@ def forward(
     return output.logits
 
 
+def hidden_states(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The transformer's last hidden states `(B, L, d)`: `forward` without the LM head.
+
+    The LM head (`model.get_output_embeddings()`, a d x V matrix) then runs only on the positions
+    whose predictions are scored: with a vocabulary of V = 711 words it costs as much per position
+    as a whole transformer layer of the nano policy.
+    """
+    output = model.base_model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        use_cache=False,
+    )
+    return output.last_hidden_state
+
+
 def _model_device(model: PreTrainedModel) -> torch.device:
     return next(model.parameters()).device
 
 
-def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-pad lists of ids to one length: `(ids, mask)` with mask 1 on real tokens."""
     width = max(len(row) for row in rows)
     ids = torch.tensor([[pad_id] * (width - len(row)) + row for row in rows], dtype=torch.long)
     mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows], dtype=torch.long)
     return ids, mask
+
+
+def length_chunks(lengths: list[int], pass_overhead: int) -> list[list[int]]:
+    """Row indices in chunks of rows of similar length, one forward pass each (0: one chunk, rows as given).
+
+    A padded batch is as wide as its longest row, so a batch of dialogues of 10 to 60 tokens spends
+    half its positions on padding. Rows of similar length in a pass of their own waste little, but
+    each pass also has a fixed cost (its calls into torch and transformers), `pass_overhead` token
+    positions' worth. So the rows, sorted by length, are cut where it costs least in all:
+
+        cost(pass) = rows × longest row + pass_overhead,   best[j] = min_i best[i] + cost(rows i..j-1)
+
+    (a dynamic programme over the sorted rows; rows of one length always share a pass). Each row's
+    output does not depend on the rows beside it (rule 3): this changes how fast, not what is computed.
+    """
+    if pass_overhead < 1:
+        return [list(range(len(lengths)))]
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    longest = [lengths[row] for row in order]
+    ends = [j for j in range(1, len(order) + 1) if j == len(order) or longest[j] != longest[j - 1]]
+    best, cut = {0: 0}, {}
+    for j in ends:
+        best[j], cut[j] = min((best[i] + (j - i) * longest[j - 1] + pass_overhead, i) for i in [0, *ends] if i < j)
+    chunks, end = [], len(order)
+    while end:
+        chunks.append(order[cut[end]:end])
+        end = cut[end]
+    return chunks[::-1]
+
+
+def in_row_order(chunk_outputs: list[torch.Tensor], chunks: list[list[int]]) -> torch.Tensor:
+    """The outputs of `length_chunks`' chunks, concatenated and put back in the rows' own order."""
+    order = torch.tensor([row for chunk in chunks for row in chunk])
+    return torch.cat(chunk_outputs)[order.argsort().to(chunk_outputs[0].device)]
 
 
 def encode_prompts(
@@ -181,7 +236,7 @@ def encode_prompts(
     if not questions:
         raise ValueError("encode_prompts needs at least one question")
     encoded = tokenizer([format_prompt(q) for q in questions], add_special_tokens=False)
-    ids, mask = _left_pad(encoded["input_ids"], tokenizer.pad_token_id)
+    ids, mask = left_pad(encoded["input_ids"], tokenizer.pad_token_id)
     return ids.to(device), mask.to(device)
 
 
@@ -233,8 +288,21 @@ def _sample_next_token(
     probs = F.softmax(logits.float() / temperature, dim=-1)
     # Sample where the generator lives (a CPU generator keeps CPU and GPU runs comparable).
     device = generator.device if generator is not None else probs.device
-    tokens = torch.multinomial(probs.to(device), num_samples=1, generator=generator)
-    return tokens.squeeze(1).to(logits.device)
+    return inverse_cdf_sample(probs.to(device), generator).to(logits.device)
+
+
+def inverse_cdf_sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One index per row of `probs` (B, V), drawn with probability `probs[i, k]`: the first k with
+
+        cdf_k > u,    cdf_k = probs_0 + ... + probs_k,    u ~ Uniform[0, cdf_{V-1})
+
+    u lands in [cdf_{k-1}, cdf_k), an interval as long as probs_k, so k is drawn with exactly that
+    probability (a token of probability 0 has an empty interval). One random number per row:
+    `torch.multinomial` draws one per row *and* token, and took a third of our generation time.
+    """
+    cdf = probs.double().cumsum(dim=-1)  # float64, so that rounding cannot open a gap or close an interval
+    u = torch.rand((probs.shape[0], 1), generator=generator, dtype=torch.float64, device=probs.device) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp(max=probs.shape[1] - 1)
 
 
 def _cache_argument_name(model: PreTrainedModel) -> str:
@@ -379,9 +447,10 @@ def response_logits(model: PreTrainedModel, input_ids: torch.Tensor, attention_m
     So response token ctx is predicted at position ctx - 1, and the last position (which
     predicts a token after the sequence) is dropped (rule 1). Divided by the sampling
     temperature, so these are the logits of the distribution the tokens were sampled from.
+    The LM head runs on those positions only: the prompt's predictions are never scored.
     """
-    logits = forward(model, input_ids, attention_mask)
-    return logits[:, context_length - 1 : -1, :] / temperature
+    hidden = hidden_states(model, input_ids, attention_mask)[:, context_length - 1 : -1]
+    return model.get_output_embeddings()(hidden) / temperature
 
 
 def response_logprobs(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,

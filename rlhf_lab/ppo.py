@@ -25,12 +25,11 @@ from transformers import GPT2Model
 
 from rlhf_lab.checkpoints import CheckpointError, atomic_folder, check_checkpoint, check_parts, file_digest, read_json
 from rlhf_lab.checks import check_finite
-from rlhf_lab.config import SAMPLING_TEMPERATURE, for_scale
+from rlhf_lab.config import SAMPLING_TEMPERATURE, for_scale, fused
 from rlhf_lab.judge import judge
 from rlhf_lab.kl import AdaptiveKLController, FixedKLController, kl_k3, kl_penalised_rewards
 from rlhf_lab.masked import check_same_shape, masked_mean, masked_sum, masked_var, masked_whiten
 from rlhf_lab.policy import (
-    forward,
     generate,
     position_ids_from_mask,
     response_logits,
@@ -38,7 +37,7 @@ from rlhf_lab.policy import (
     save_policy,
     token_logprobs,
 )
-from rlhf_lab.sft import collate, encode_dialogues, lm_loss
+from rlhf_lab.sft import collate, encode_dialogues, model_lm_loss
 
 # =====================================================================================
 # The PPO formulas: short pure functions, tensors in, tensors out.
@@ -234,6 +233,11 @@ class PPOConfig:
     minibatch_size: int = 16
     ppo_epochs: int = 4  # passes over each rollout batch, a fresh permutation each time
     lr: float = 3e-5
+    # The critic is a full copy of the reward model's backbone, trained on every minibatch: about 30% of an
+    # iteration's time. Cheaper critics, measured at laptop scale (3 seeds each; this default gives a mean
+    # score of 2.81, 6.6% flawed, win rate 0.97 over SFT, 64% of sums right): value steps in the first 2 of
+    # the 4 epochs only (updates 1.29x faster) gave 2.79, 7.5%, 0.92, 59%; the backbone's first layer only
+    # (1.24x) gave 2.77, 7.9%, 0.86, 57.5%. Both buy their speed with some of PPO's payoff.
     value_lr: float = 1e-4
     temperature: float = SAMPLING_TEMPERATURE  # sampling AND every log-prob recomputation (rule 2)
     max_new_tokens: int = 64
@@ -352,8 +356,8 @@ class PPOTrainer:
         self.reference = reference.eval().requires_grad_(False)
         self.reward_model = reward_model.eval().requires_grad_(False)
         self.critic = ValueModel(copy.deepcopy(reward_model.backbone)).to(self.device).requires_grad_(True)
-        self.policy_optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5)
-        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=cfg.value_lr, eps=1e-5)
+        self.policy_optimizer = fused(torch.optim.Adam, policy.parameters(), lr=cfg.lr, eps=1e-5)
+        self.critic_optimizer = fused(torch.optim.Adam, self.critic.parameters(), lr=cfg.value_lr, eps=1e-5)
         self.kl_controller = (AdaptiveKLController(cfg.beta, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
                               else FixedKLController(cfg.beta))
         self.generator = torch.Generator().manual_seed(cfg.seed)
@@ -457,7 +461,7 @@ class PPOTrainer:
         pick = torch.randint(len(self.ptx_examples), (self.cfg.ptx_batch_size,), generator=self.generator).tolist()
         ids, attention, loss_mask = (t.to(self.device) for t in
                                      collate([self.ptx_examples[i] for i in pick], self.tokenizer.pad_token_id, True))
-        return lm_loss(forward(self.policy, ids, attention), ids, loss_mask)
+        return model_lm_loss(self.policy, ids, attention, loss_mask)
 
     def rollout_stats(self, batch: PPOBatch) -> dict[str, float]:
         """What the history logs about a rollout: proxy and true score, KL (k1 and k3), β, lengths."""

@@ -30,9 +30,9 @@ from transformers import (
 from rlhf_lab import world
 from rlhf_lab.checkpoints import atomic_folder, check_checkpoint, check_weights
 from rlhf_lab.checks import check_finite
-from rlhf_lab.config import for_scale
+from rlhf_lab.config import for_scale, fused
 from rlhf_lab.masked import check_same_shape, weighted_mean
-from rlhf_lab.policy import position_ids_from_mask, quiet_loading
+from rlhf_lab.policy import in_row_order, left_pad, length_chunks, position_ids_from_mask, quiet_loading
 from rlhf_lab.provenance import write_model_card
 from rlhf_lab.tokenizer import format_dialogue, save_tokenizer
 
@@ -287,10 +287,15 @@ class RewardConfig:
     learner_weight: float = 2.0  # a learner's own label counts twice as much as a simulated one
     heldout_fraction: float = 0.1  # prompts held out to measure accuracy
     normalise_samples: int = 256  # SFT answers the scores are normalised on (mean 0, std 1)
+    # A step's answers go through the model in passes of answers of similar length, so that short ones
+    # are not padded to the longest (`policy.length_chunks`, which weighs the padding saved against a
+    # pass's fixed cost, this many token positions): the same rewards, 1.1-1.8x faster on a CPU. 0: one
+    # pass per step (the gpu preset: at our sizes a GPU's cost is per pass, not per position).
+    pass_overhead: int = 128
     seed: int = 0
 
 
-REWARD_PRESETS = {"ci": dict(), "laptop": dict(), "gpu": dict(items_per_batch=16)}
+REWARD_PRESETS = {"ci": dict(), "laptop": dict(), "gpu": dict(items_per_batch=16, pass_overhead=0)}
 
 
 def reward_config(scale: str | None = None, **overrides) -> RewardConfig:
@@ -362,13 +367,43 @@ def item_batches(pairs: list[dict], items_per_batch: int, generator: torch.Gener
             for i in range(0, len(order), items_per_batch)]
 
 
-def pair_rewards(reward_model: RewardModel, tokenizer, pairs: list[dict]) -> tuple[Tensor, Tensor]:
-    """Rewards of the chosen and the rejected answers, in one forward pass."""
+def dialogue_ids(tokenizer, pairs: list[dict]) -> dict[tuple[str, str], list[int]]:
+    """Token ids of every distinct `(prompt, answer)` dialogue of the pairs, as `encode_answers` makes them.
+
+    A training run tokenizes its pairs once, up front, and its batches only pad these lists.
+    """
+    dialogues = list(dict.fromkeys((p["prompt"], answer) for p in pairs for answer in (p["chosen"], p["rejected"])))
+    rows = tokenizer([format_dialogue(prompt, answer) for prompt, answer in dialogues],
+                     add_special_tokens=False)["input_ids"]
+    return dict(zip(dialogues, rows))
+
+
+def score_token_rows(reward_model: RewardModel, rows: list[list[int]], pad_id: int, pass_overhead: int = 0) -> Tensor:
+    """Scores `(N,)` of dialogues given as token ids, in passes of rows of similar length
+    (`policy.length_chunks(lengths, pass_overhead)`; 0: all in one pass)."""
     device = next(reward_model.parameters()).device
-    prompts = [p["prompt"] for p in pairs]
-    input_ids, attention_mask = encode_answers(
-        tokenizer, prompts + prompts, [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs], device)
-    rewards = reward_model(input_ids, attention_mask)
+    chunks = length_chunks([len(row) for row in rows], pass_overhead)
+    scores = [reward_model(*(t.to(device) for t in left_pad([rows[i] for i in chunk], pad_id))) for chunk in chunks]
+    return in_row_order(scores, chunks)
+
+
+def pair_rewards(reward_model: RewardModel, tokenizer, pairs: list[dict],
+                 token_ids: dict[tuple[str, str], list[int]] | None = None,
+                 pass_overhead: int = 0) -> tuple[Tensor, Tensor]:
+    """Rewards of the chosen and the rejected answers, each distinct answer scored once.
+
+    The pairs of one labelling item share their answers (K answers make C(K, 2) pairs, and each
+    answer is in K - 1 of them), so each distinct dialogue is scored once and its reward read
+    wherever it appears: the same rewards, and the same gradient, from a third of the rows for K = 4.
+    `token_ids` (from `dialogue_ids`) saves tokenizing them again; `pass_overhead`: see `score_token_rows`.
+    """
+    dialogues = [(p["prompt"], p["chosen"]) for p in pairs] + [(p["prompt"], p["rejected"]) for p in pairs]
+    row_of = {dialogue: row for row, dialogue in enumerate(dict.fromkeys(dialogues))}
+    token_ids = token_ids or dialogue_ids(tokenizer, pairs)
+    distinct_rewards = score_token_rows(reward_model, [token_ids[dialogue] for dialogue in row_of],
+                                        tokenizer.pad_token_id, pass_overhead)
+    rewards = distinct_rewards[torch.tensor([row_of[dialogue] for dialogue in dialogues],
+                                            device=distinct_rewards.device)]
     return rewards[: len(pairs)], rewards[len(pairs):]
 
 
@@ -379,13 +414,15 @@ def train_reward_model(reward_model: RewardModel, tokenizer, pairs: list[dict], 
         raise ValueError("no preference pairs to train on")
     device = next(reward_model.parameters()).device
     generator = torch.Generator().manual_seed(cfg.seed)
-    optimizer = torch.optim.AdamW(reward_model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = fused(torch.optim.AdamW, reward_model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    token_ids = dialogue_ids(tokenizer, pairs)  # tokenized once for the run
     history, step = [], 0
     reward_model.train()
     for epoch in range(cfg.epochs):
         batches = item_batches(pairs, cfg.items_per_batch, generator)
         for batch in tqdm(batches, desc=f"reward model, epoch {epoch + 1}", disable=not progress):
-            chosen_rewards, rejected_rewards = pair_rewards(reward_model, tokenizer, batch)
+            chosen_rewards, rejected_rewards = pair_rewards(reward_model, tokenizer, batch, token_ids,
+                                                            cfg.pass_overhead)
             weights = torch.tensor([p["weight"] for p in batch], device=device)
             loss = bradley_terry_loss(chosen_rewards, rejected_rewards, weights)
             check_finite(f"reward model, step {step}", {"the loss": loss}, f"lower the lr, {cfg.lr}")

@@ -15,7 +15,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from rlhf_lab.checks import check_finite
-from rlhf_lab.config import SAMPLING_TEMPERATURE, for_scale
+from rlhf_lab.config import SAMPLING_TEMPERATURE, for_scale, fused
 from rlhf_lab.judge import judge
 from rlhf_lab.kl import kl_k1, kl_k3
 from rlhf_lab.masked import masked_mean, masked_sum
@@ -174,7 +174,7 @@ class GroupTrainer:
         # Frozen reference and reward model: eval mode, no gradients (rule 4).
         self.reference = reference.eval().requires_grad_(False)
         self.reward_model = reward_model.eval().requires_grad_(False)
-        self.optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5)
+        self.optimizer = fused(torch.optim.Adam, policy.parameters(), lr=cfg.lr, eps=1e-5)
         self.advantage_function = METHODS[cfg.method]
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.history: list[dict] = []

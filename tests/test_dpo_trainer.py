@@ -64,6 +64,25 @@ def test_sequence_logprobs_match_an_unpadded_forward_pass_at_temperature_one(sft
         assert rejected[i].item() == pytest.approx(expected_rejected, abs=1e-4)
 
 
+def test_pairs_that_share_answers_get_each_answers_own_logprob(sft):
+    model, tokenizer = sft
+    # One labelling item (three answers, three pairs, each answer in two of them) and another pair:
+    # pair_logprobs runs each distinct answer once (in passes by length) and reads its
+    # log-prob wherever it appears.
+    answers = ["2 plus 3 is 5.", "2 plus 3 is 7.", "i do not know."]
+    pairs = [{"prompt": "what is 2 plus 3?", "chosen": answers[i], "rejected": answers[j]}
+             for i, j in ((0, 1), (0, 2), (1, 2))] + PAIRS[1:2]
+    token_ids = dpo.pairs_token_ids(tokenizer, pairs)
+    assert len(token_ids["prompts"]) == 2 and len(token_ids["answers"]) == 5
+    chosen, rejected = dpo.pair_logprobs(model, tokenizer, pairs, token_ids, pass_overhead=1)  # in passes
+    for i, pair in enumerate(pairs):
+        assert chosen[i].item() == pytest.approx(unpadded_sequence_logprob(model, tokenizer, pair["prompt"],
+                                                                           pair["chosen"]), abs=1e-4)
+        assert rejected[i].item() == pytest.approx(unpadded_sequence_logprob(model, tokenizer, pair["prompt"],
+                                                                             pair["rejected"]), abs=1e-4)
+    assert chosen[0] == chosen[1] and rejected[0] == chosen[2]  # one row per distinct answer
+
+
 def test_the_loss_on_real_pairs_equals_a_transcription_of_the_formula(sft):
     model, tokenizer = sft
     reference = copy.deepcopy(model)

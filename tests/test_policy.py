@@ -11,12 +11,15 @@ make them possible in seconds:
 """
 
 import copy
+import itertools
+import random
 
 import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM
+from transformers.activations import ACT2FN
 
 from rlhf_lab.checkpoints import CheckpointError
 from rlhf_lab.policy import (
@@ -25,6 +28,9 @@ from rlhf_lab.policy import (
     encode_prompts,
     forward,
     generate,
+    in_row_order,
+    inverse_cdf_sample,
+    length_chunks,
     load_policy,
     new_policy,
     position_ids_from_mask,
@@ -257,6 +263,70 @@ def test_response_logits_and_logprobs_agree(trained_model, tokenizer):
     assert torch.allclose(logprobs, expected)
 
 
+def test_response_logits_are_the_full_forward_passs_logits_at_the_response_positions(position_sensitive_model,
+                                                                                      tokenizer):
+    # response_logits runs the LM head on the hidden states of the response positions only.
+    dialogues = [format_dialogue("what is 7 plus 5?", "12."), format_dialogue(COLOUR_QUESTION, "red.")]
+    batch = tokenizer(dialogues, padding=True, return_tensors="pt")  # left-padded
+    context = batch["input_ids"].shape[1] - 3
+    with torch.no_grad():
+        full = forward(position_sensitive_model, batch["input_ids"], batch["attention_mask"])
+        logits = response_logits(position_sensitive_model, batch["input_ids"], batch["attention_mask"], context, 0.7)
+    # The same float32 products, taken over fewer rows: equal up to rounding.
+    assert torch.allclose(logits, full[:, context - 1 : -1] / 0.7, rtol=1e-5, atol=1e-5)
+
+
+def passes_cost(passes: list[list[int]], lengths: list[int], overhead: int) -> int:
+    """Padded positions of the passes, plus `overhead` per pass."""
+    return sum(len(rows) * max(lengths[row] for row in rows) + overhead for rows in passes)
+
+
+def test_length_chunks_cut_the_sorted_rows_where_padding_and_passes_cost_least():
+    rng = random.Random(0)
+    for _ in range(60):
+        lengths = [rng.randint(1, 30) for _ in range(rng.randint(1, 8))]
+        overhead = rng.choice([1, 10, 50, 400])
+        chunks = length_chunks(lengths, overhead)
+        assert sorted(row for chunk in chunks for row in chunk) == list(range(len(lengths)))  # each row once
+        # Every way to cut the rows, sorted by length, into passes: none is cheaper.
+        order = sorted(range(len(lengths)), key=lengths.__getitem__)
+        cheapest = min(passes_cost([order[a:b] for a, b in zip((0, *cuts), (*cuts, len(order)))], lengths, overhead)
+                       for k in range(len(order)) for cuts in itertools.combinations(range(1, len(order)), k))
+        assert passes_cost(chunks, lengths, overhead) == cheapest
+    # Eight short rows and two long ones: two passes, unless a pass costs more than the padding saved.
+    assert length_chunks([10] * 8 + [60] * 2, pass_overhead=50) == [list(range(8)), [8, 9]]
+    assert length_chunks([10] * 8 + [60] * 2, pass_overhead=500) == [list(range(10))]
+    assert length_chunks([30, 5, 12], pass_overhead=0) == [[0, 1, 2]]  # one pass, rows as given
+
+
+def test_in_row_order_undoes_the_sort_of_the_chunks():
+    lengths = [30, 5, 12, 60, 7, 31, 8]
+    chunks = length_chunks(lengths, pass_overhead=20)
+    assert len(chunks) > 1
+    outputs = [torch.tensor([float(lengths[row]) for row in chunk]) for chunk in chunks]
+    assert in_row_order(outputs, chunks).tolist() == [float(length) for length in lengths]
+
+
+def test_the_activation_is_torchs_kernel_of_gpt2s_tanh_gelu(shipped, sft):
+    # "gelu_pytorch_tanh" is F.gelu(x, approximate="tanh"): GPT-2's "gelu_new" formula in one kernel.
+    assert all(preset["activation_function"] == "gelu_pytorch_tanh" for preset in PRESETS.values())
+    for checkpoint in ("base", "sft", "reward"):
+        assert AutoConfig.from_pretrained(shipped / checkpoint).activation_function == "gelu_pytorch_tanh"
+    x = torch.linspace(-12, 12, 24001)
+    assert torch.allclose(ACT2FN["gelu_pytorch_tanh"](x), ACT2FN["gelu_new"](x), rtol=1e-6, atol=1e-6)
+    model, sft_tokenizer = sft
+    batch = sft_tokenizer([format_dialogue("what is 7 plus 5?", "12."), format_dialogue("hi", "hello!")],
+                          padding=True, return_tensors="pt")
+    with torch.no_grad():
+        logits = forward(model, batch["input_ids"], batch["attention_mask"])
+        for block in model.transformer.h:
+            block.mlp.act = ACT2FN["gelu_new"]
+        written_out = forward(model, batch["input_ids"], batch["attention_mask"])
+    # Rounding differences of ~1e-7 relative in the activations, through two layers and logits of
+    # size ~20: far below 1e-3, and far below what any sampled token or score could notice.
+    assert torch.allclose(logits, written_out, rtol=0, atol=1e-3)
+
+
 def test_kl_between_a_policy_and_a_copy_of_itself_is_zero_at_the_sampling_temperature(trained_model, tokenizer):
     rollout = generate(
         trained_model, tokenizer, [COLOUR_QUESTION, "hi", "am i a failure?"] * 4,
@@ -296,6 +366,19 @@ def test_sample_frequencies_match_softmax_of_logits_over_temperature(trained_mod
     assert within_four_standard_errors(F.softmax(last_logits / temperature, dim=-1)[frequent]).all()
     # And the test can tell temperatures apart: the frequencies do not match softmax(logits).
     assert not within_four_standard_errors(F.softmax(last_logits, dim=-1)[frequent]).all()
+
+
+def test_inverse_cdf_sampling_draws_each_index_with_its_probability():
+    probs = torch.tensor([[0.5, 0.0, 0.3, 0.2, 0.0], [0.0, 0.0, 0.0, 0.0, 1.0]], dtype=torch.float32)
+    n = 40000
+    draws = inverse_cdf_sample(probs.repeat(n, 1), torch.Generator().manual_seed(0)).view(n, 2)
+    frequencies = torch.stack([torch.bincount(draws[:, row], minlength=5).double() / n for row in range(2)])
+    standard_errors = (probs.double() * (1 - probs.double()) / n).sqrt()
+    assert ((frequencies - probs.double()).abs() <= 4 * standard_errors).all()
+    assert (frequencies[probs == 0] == 0).all()  # an index of probability 0 is never drawn
+    # Reproducible from the generator's seed, one uniform number per row.
+    again = inverse_cdf_sample(probs.repeat(n, 1), torch.Generator().manual_seed(0)).view(n, 2)
+    assert torch.equal(draws, again)
 
 
 # ----- generation --------------------------------------------------------------------------------

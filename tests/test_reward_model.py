@@ -45,6 +45,31 @@ def test_score_is_read_at_the_last_real_token_whatever_the_padding(sft, reward_m
     assert reward.last_real_index(right_mask).item() == len(row) - 1
 
 
+def test_pair_rewards_score_each_shared_answer_once_with_the_same_rewards_and_gradient(sft, reward_model):
+    _, tokenizer = sft
+    # One labelling item: three answers to one prompt, so three pairs and each answer in two of them.
+    answers = ["2 plus 2 is 4.", "it is 5.", "i do not know, sorry. maybe ask someone else?"]
+    pairs = [{"prompt": "what is 2 plus 2?", "chosen": answers[i], "rejected": answers[j]}
+             for i, j in ((0, 1), (0, 2), (1, 2))] + [{"prompt": "hello!", "chosen": "hi!", "rejected": "go away."}]
+    token_ids = reward.dialogue_ids(tokenizer, pairs)
+    assert len(token_ids) == 5
+    ids, mask = reward.encode_answers(tokenizer, ["what is 2 plus 2?"], [answers[2]], "cpu")
+    assert token_ids[("what is 2 plus 2?", answers[2])] == ids[0].tolist()
+    chosen, rejected = reward.pair_rewards(reward_model, tokenizer, pairs, token_ids, pass_overhead=1)
+    prompts = [p["prompt"] for p in pairs]  # every row scored, shared answers too, in one pass: the long way
+    every_row = reward_model(*reward.encode_answers(tokenizer, prompts + prompts, [p["chosen"] for p in pairs]
+                                                    + [p["rejected"] for p in pairs], "cpu"))
+    # Rows of different widths pass through different padding: equal up to float32 rounding.
+    assert torch.allclose(torch.cat([chosen, rejected]), every_row, atol=1e-5)
+    gradients = []
+    for loss in (reward.bradley_terry_loss(chosen, rejected),
+                 reward.bradley_terry_loss(every_row[:len(pairs)], every_row[len(pairs):])):
+        reward_model.zero_grad()
+        loss.backward()
+        gradients.append(torch.cat([p.grad.reshape(-1) for p in reward_model.parameters() if p.grad is not None]))
+    assert torch.allclose(gradients[0], gradients[1], rtol=1e-4, atol=1e-6)
+
+
 def test_normalise_gives_mean_zero_std_one(sft, reward_model):
     _, tokenizer = sft
     prompts = ["what is 2 plus 2?", "am i a failure?", "hello!", "what colour is the sky?"] * 4

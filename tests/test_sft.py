@@ -118,6 +118,25 @@ def test_lm_loss_with_an_empty_mask_is_zero_not_nan(tokenizer):
     assert sft.lm_loss(logits, input_ids, torch.zeros_like(loss_mask)).item() == 0.0
 
 
+@pytest.mark.parametrize("response_only", [True, False])
+def test_model_lm_loss_is_lm_loss_of_the_full_forward_pass_with_the_same_gradient(tokenizer, response_only):
+    # model_lm_loss runs the LM head only where a target is predicted; the loss and gradient must not change.
+    examples = encoded(tokenizer, [(QUESTION, ANSWER), ("hello!", "hello! how can i help you today?")])
+    input_ids, attention_mask, loss_mask = sft.collate(examples, tokenizer.pad_token_id, response_only)
+    losses, gradients = [], []
+    for compute in (lambda m: sft.lm_loss(policy.forward(m, input_ids, attention_mask), input_ids, loss_mask),
+                    lambda m: sft.model_lm_loss(m, input_ids, attention_mask, loss_mask)):
+        model = fresh_base()
+        loss = compute(model)
+        loss.backward()
+        losses.append(loss)
+        gradients.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
+    # The same float32 sums over fewer rows: equal up to rounding.
+    assert torch.allclose(losses[0], losses[1], rtol=1e-5)
+    assert torch.allclose(gradients[0], gradients[1], rtol=1e-4, atol=1e-6)
+    assert sft.model_lm_loss(model, input_ids, attention_mask, torch.zeros_like(loss_mask)).item() == 0.0
+
+
 # ----- batches ---------------------------------------------------------------------------------
 
 
