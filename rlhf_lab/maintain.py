@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 from pathlib import Path
 
@@ -39,22 +40,30 @@ def colab_cells(notebook: str | Path) -> list[dict]:
 
 def write_notebook_cells(path: Path) -> bool:
     """Make `path` start with the current badge and install cell, with Colab's runtime settings in its
-    metadata (`colab.notebook_metadata`: a GPU where one helps); True if the file changed."""
-    text = path.read_text(encoding="utf-8")
-    notebook = json.loads(text)
-    cells = notebook["cells"]
+    metadata (`colab.notebook_metadata`: a GPU where one helps); True if the file changed.
+
+    Written as nbformat writes a notebook (keys sorted, indent 1), so that it and
+    `python -m rlhf_lab.maintain outputs` leave each other's files as they are; a notebook whose
+    content is already up to date is not rewritten, whatever its layout.
+    """
+    original = json.loads(path.read_text(encoding="utf-8"))
+    notebook = copy.deepcopy(original)
+    cells, previous = notebook["cells"], []
     while cells and (BADGE_MARK in "".join(cells[0]["source"]) and cells[0]["cell_type"] == "markdown"
                      or "".join(cells[0]["source"]).startswith(INSTALL_MARK)):
-        cells.pop(0)  # the previous badge / install cell
-    notebook["cells"] = colab_cells(path) + cells
+        previous.append(cells.pop(0))  # the previous badge / install cell
+    current = colab_cells(path)
+    if [(cell["cell_type"], "".join(cell["source"])) for cell in previous] == \
+            [(cell["cell_type"], "".join(cell["source"])) for cell in current]:
+        current = previous  # up to date: keep them as they are, with the outputs of the last run
+    notebook["cells"] = current + cells
     for key in ("accelerator", "colab"):
         notebook["metadata"].pop(key, None)
     notebook["metadata"].update(notebook_metadata(path))
-    new_text = json.dumps(notebook, indent=1, ensure_ascii=False) + "\n"
-    if new_text != text:
-        path.write_text(new_text, encoding="utf-8")
-        return True
-    return False
+    if notebook == original:
+        return False
+    path.write_text(json.dumps(notebook, indent=1, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+    return True
 
 
 README_START, README_END = "<!-- colab-badges -->", "<!-- /colab-badges -->"

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # training runs or subprocesses: not in the quick inner loop
+
 pytest.importorskip("trl", reason='the accelerate example needs the trl extra: pip install -e ".[trl]"')
 pytest.importorskip("accelerate", reason='the accelerate example needs the trl extra: pip install -e ".[trl]"')
 

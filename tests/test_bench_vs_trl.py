@@ -19,6 +19,8 @@ pytest.importorskip("trl", reason="the TRL benchmark needs the trl extra: pip in
 
 from rlhf_lab.config import REPO_DIR
 
+pytestmark = pytest.mark.slow  # training runs or subprocesses: not in the quick inner loop
+
 SCRIPT = REPO_DIR / "benchmarks" / "bench_vs_trl.py"
 STAGES = ("sft", "reward", "dpo", "ppo", "rloo")
 

@@ -9,7 +9,11 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from rlhf_lab.config import REPO_DIR
+
+pytestmark = pytest.mark.slow  # training runs or subprocesses: not in the quick inner loop
 
 SCRIPT = REPO_DIR / "benchmarks" / "bench_training.py"
 

@@ -21,7 +21,7 @@ from tests.browser_harness import (
     wait_until,
 )
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ITEMS = [
     ("What is 2 plus 2?", "2 plus 2 is 4.", "I don't know."),

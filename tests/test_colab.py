@@ -167,3 +167,18 @@ def test_when_colabs_transformers_is_too_old_for_trl_one_line_says_what_to_do(mo
     assert "\n" not in message and "ResolutionImpossible" not in message, "one line, not pip's report"
     assert f"transformers=={metadata.version('transformers')}" in message
     assert "!pip install -q -U transformers trl accelerate datasets" in message and "Restart session" in message
+
+
+def test_the_colab_command_leaves_a_run_lessons_outputs_alone(tmp_path):
+    # `maintain outputs` writes a lesson through nbformat (keys sorted) after running it, so its install
+    # cell has an execution count: the colab command must see that as up to date, not rewrite it.
+    import nbformat
+
+    notebook = tmp_path / NOTEBOOKS[0].name
+    executed = nbformat.read(NOTEBOOKS[0], as_version=4)
+    executed.cells[1].execution_count = 1
+    executed.cells[1].outputs = [nbformat.v4.new_output("stream", name="stdout", text="installed\n")]
+    nbformat.write(executed, notebook)
+    before = notebook.read_text(encoding="utf-8")
+    assert not maintain.write_notebook_cells(notebook)
+    assert notebook.read_text(encoding="utf-8") == before

@@ -60,6 +60,7 @@ def shipped_reward():
     return reward.RewardModel.load(SHIPPED / "reward")
 
 
+@pytest.mark.slow
 def test_plain_transformers_reads_our_scores_right_and_left_padded(shipped_reward, tmp_path):
     reward_model, tokenizer = shipped_reward
     request = {"path": str(SHIPPED / "reward"), "questions": QUESTIONS, "answers": ANSWERS}

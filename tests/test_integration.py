@@ -2,8 +2,12 @@
 
 import json
 
+import pytest
+
 from rlhf_lab.config import data_dir
 from rlhf_lab.stages import run_pipeline
+
+pytestmark = pytest.mark.slow  # training runs or subprocesses: not in the quick inner loop
 
 
 def test_pipeline_improves_the_simulated_humans_score(tmp_path):

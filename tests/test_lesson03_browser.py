@@ -25,7 +25,7 @@ from tests.browser_harness import (
 )
 from tests.test_browser import require_browser  # noqa: F401  (a fixture: the same skip-or-fail rule)
 
-pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("require_browser")]
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.usefixtures("require_browser")]
 
 LESSON = REPO_ROOT / "notebooks" / "03_preferences.ipynb"
 PAIRWISE = ".rlhf-pairwise-labeler"

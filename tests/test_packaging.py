@@ -88,6 +88,7 @@ def test_version_ranges_admit_the_versions_the_course_targets():
     assert sorted(canonicalize_name(Requirement(text).name) for text in extras["trl"]) == ["accelerate", "trl"]
 
 
+@pytest.mark.slow
 def test_one_pytest_command_collects_unit_tests_and_notebooks_with_ci_defaults(tmp_path):
     # A one-cell notebook next to a real test file: both must be collected under the repo's config,
     # and the root conftest.py must set the ci defaults the notebook kernels inherit.
