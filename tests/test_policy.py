@@ -29,7 +29,6 @@ from rlhf_lab.policy import (
     forward,
     generate,
     in_row_order,
-    inverse_cdf_sample,
     length_chunks,
     load_policy,
     new_policy,
@@ -366,19 +365,6 @@ def test_sample_frequencies_match_softmax_of_logits_over_temperature(trained_mod
     assert within_four_standard_errors(F.softmax(last_logits / temperature, dim=-1)[frequent]).all()
     # And the test can tell temperatures apart: the frequencies do not match softmax(logits).
     assert not within_four_standard_errors(F.softmax(last_logits, dim=-1)[frequent]).all()
-
-
-def test_inverse_cdf_sampling_draws_each_index_with_its_probability():
-    probs = torch.tensor([[0.5, 0.0, 0.3, 0.2, 0.0], [0.0, 0.0, 0.0, 0.0, 1.0]], dtype=torch.float32)
-    n = 40000
-    draws = inverse_cdf_sample(probs.repeat(n, 1), torch.Generator().manual_seed(0)).view(n, 2)
-    frequencies = torch.stack([torch.bincount(draws[:, row], minlength=5).double() / n for row in range(2)])
-    standard_errors = (probs.double() * (1 - probs.double()) / n).sqrt()
-    assert ((frequencies - probs.double()).abs() <= 4 * standard_errors).all()
-    assert (frequencies[probs == 0] == 0).all()  # an index of probability 0 is never drawn
-    # Reproducible from the generator's seed, one uniform number per row.
-    again = inverse_cdf_sample(probs.repeat(n, 1), torch.Generator().manual_seed(0)).view(n, 2)
-    assert torch.equal(draws, again)
 
 
 # ----- generation --------------------------------------------------------------------------------
