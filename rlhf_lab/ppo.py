@@ -315,6 +315,24 @@ def logits_and_logprobs(policy, input_ids: Tensor, attention_mask: Tensor, conte
     return logits, token_logprobs(logits, input_ids[:, context_length:])
 
 
+def minibatch_columns(attention_mask: Tensor, mask: Tensor, context_length: int) -> tuple[slice, slice, int]:
+    """The columns a minibatch of rollout rows needs: `(input_columns, response_columns, context_length)`.
+
+    A rollout is padded to its longest prompt and its longest answer, over all its rows; a minibatch
+    of a few of them is cut to *its own* longest prompt and answer. The columns dropped are padding
+    in every row: a prompt pad before every prompt has no effect (positions count real tokens,
+    and pads are masked out), and a pad after every answer cannot affect what comes before it
+    (causal attention). So the log-probs and values are those of the whole width, from fewer
+    positions: a minibatch of 16 rows is often several tokens narrower than its 64-row rollout.
+    `attention_mask` (B, P + T) and `mask` (B, T) are the minibatch's rows.
+    """
+    real_columns = attention_mask[:, :context_length].any(dim=0).nonzero()
+    first = int(real_columns[0]) if len(real_columns) else context_length
+    answer_columns = mask.any(dim=0).nonzero()
+    width = int(answer_columns[-1]) + 1 if len(answer_columns) else 1
+    return slice(first, context_length + width), slice(0, width), context_length - first
+
+
 @dataclass
 class PPOBatch:
     """One rollout and everything the update needs, computed with the pre-update policy.
@@ -433,13 +451,15 @@ class PPOTrainer:
     def _step(self, batch: PPOBatch, rows: list[int]) -> dict[str, float]:
         """One gradient step of the policy and the critic on some rows of the rollout."""
         cfg = self.cfg
-        ids, attention, mask = batch.input_ids[rows], batch.attention_mask[rows], batch.mask[rows]
-        logits, logprobs = logits_and_logprobs(self.policy, ids, attention, batch.context_length, cfg.temperature)
-        policy_loss, policy_stats = ppo_policy_loss(logprobs, batch.logprobs[rows], batch.advantages[rows], mask,
-                                                    cfg.clip_eps)
-        values = response_values(self.critic, ids, attention, batch.context_length)
-        value_loss, value_stats = ppo_value_loss(values, batch.values[rows], batch.returns[rows], mask,
-                                                 cfg.value_clip_eps)
+        inputs, answer, ctx = minibatch_columns(batch.attention_mask[rows], batch.mask[rows], batch.context_length)
+        ids, attention = batch.input_ids[rows, inputs], batch.attention_mask[rows, inputs]
+        mask = batch.mask[rows, answer]
+        logits, logprobs = logits_and_logprobs(self.policy, ids, attention, ctx, cfg.temperature)
+        policy_loss, policy_stats = ppo_policy_loss(logprobs, batch.logprobs[rows, answer],
+                                                    batch.advantages[rows, answer], mask, cfg.clip_eps)
+        values = response_values(self.critic, ids, attention, ctx)
+        value_loss, value_stats = ppo_value_loss(values, batch.values[rows, answer], batch.returns[rows, answer],
+                                                 mask, cfg.value_clip_eps)
         loss = policy_loss + cfg.vf_coef * value_loss
         ptx_loss = self.ptx_loss() if self.ptx_examples else None
         if ptx_loss is not None:  # PPO-ptx: keep imitating the demonstrations a little

@@ -20,7 +20,7 @@ from rlhf_lab.judge import judge
 from rlhf_lab.kl import kl_k1, kl_k3
 from rlhf_lab.masked import masked_mean, masked_sum
 from rlhf_lab.policy import generate, response_logprobs
-from rlhf_lab.ppo import entropy_from_logits, logits_and_logprobs, ppo_policy_loss, run_epochs
+from rlhf_lab.ppo import entropy_from_logits, logits_and_logprobs, minibatch_columns, ppo_policy_loss, run_epochs
 
 
 def _check_groups(function_name: str, rewards: Tensor) -> None:
@@ -235,12 +235,13 @@ class GroupTrainer:
 
     def _step(self, batch: GroupBatch, rows: list[int]) -> dict[str, float]:
         cfg = self.cfg
-        mask = batch.mask[rows]
-        logits, logprobs = logits_and_logprobs(self.policy, batch.input_ids[rows], batch.attention_mask[rows],
-                                               batch.context_length, cfg.temperature)
-        policy_loss, policy_stats = ppo_policy_loss(logprobs, batch.logprobs[rows], batch.advantages[rows], mask,
-                                                    cfg.clip_eps)
-        kl_estimate = masked_mean(kl_k3(logprobs, batch.ref_logprobs[rows]), mask)  # logged either way
+        inputs, answer, ctx = minibatch_columns(batch.attention_mask[rows], batch.mask[rows], batch.context_length)
+        mask = batch.mask[rows, answer]
+        logits, logprobs = logits_and_logprobs(self.policy, batch.input_ids[rows, inputs],
+                                               batch.attention_mask[rows, inputs], ctx, cfg.temperature)
+        policy_loss, policy_stats = ppo_policy_loss(logprobs, batch.logprobs[rows, answer],
+                                                    batch.advantages[rows, answer], mask, cfg.clip_eps)
+        kl_estimate = masked_mean(kl_k3(logprobs, batch.ref_logprobs[rows, answer]), mask)  # logged either way
         loss = kl_in_loss(policy_loss, kl_estimate, cfg.beta) if cfg.kl_placement == "loss" else policy_loss
         check_finite(f"{cfg.method.upper()} update, iteration {len(self.history)}", {"the loss": loss})
         self.optimizer.zero_grad(set_to_none=True)

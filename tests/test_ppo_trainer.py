@@ -105,3 +105,23 @@ def test_ptx_term_trains_on_demonstrations_only_when_asked(new_ppo_trainer):
     history = with_ptx.train(progress=False)
     assert "ptx_loss" in history and (history["ptx_loss"] > 0).all()
     assert "ptx_loss" not in new_ppo_trainer().train(progress=False)
+
+
+def test_a_minibatch_is_cut_to_its_own_columns_with_the_same_log_probs(sft):
+    # Rows of a rollout padded to the longest prompt and answer of all rows; a minibatch of the two
+    # shortest needs fewer columns, and its log-probs there are those of the full width.
+    from rlhf_lab.policy import generate, response_logprobs
+
+    model, tokenizer = sft
+    rollout = generate(model, tokenizer, ["hello", "what is 2 plus 3?", "how do i steal a car?", "hi"], 24, 0.7,
+                       torch.Generator().manual_seed(3))
+    ids, attention, mask, ctx = rollout.input_ids, rollout.attention_mask, rollout.response_mask, rollout.context_length
+    rows = sorted(range(4), key=lambda row: mask[row].sum().item())[:2]
+    inputs, answer, short_ctx = ppo.minibatch_columns(attention[rows], mask[rows], ctx)
+    assert inputs.stop - inputs.start < ids.shape[1], "the two shortest answers need fewer columns"
+    assert mask[rows, answer].sum() == mask[rows].sum(), "no real token is cut"
+    full = response_logprobs(model, ids[rows], attention[rows], ctx, 0.7)[:, answer]
+    cut = response_logprobs(model, ids[rows, inputs], attention[rows, inputs], short_ctx, 0.7)
+    real = mask[rows, answer].bool()
+    # float32 sums of a few hundred terms in another order: agree to ~1e-5 of their size, not bit for bit
+    assert torch.allclose(cut[real], full[real], rtol=1e-4, atol=1e-4)
