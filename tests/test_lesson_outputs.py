@@ -18,7 +18,8 @@ LESSONS = lesson_runs.lessons()
 def test_committed_outputs_come_from_a_laptop_run_of_the_current_cells(path):
     notebook = json.loads(path.read_text(encoding="utf-8"))
     recorded = notebook["metadata"].get(lesson_runs.METADATA_KEY, {})
-    assert recorded.get("scale") == "laptop", f"{path.name}: no laptop-scale outputs; run python -m rlhf_lab.maintain outputs"
+    assert recorded.get("scale") == "laptop", (
+        f"{path.name}: no laptop-scale outputs; run python -m rlhf_lab.maintain outputs")
     assert recorded.get("source_sha256") == lesson_runs.source_sha256(notebook), (
         f"{path.name} changed since its outputs were made: run python -m rlhf_lab.maintain outputs {path.stem[:2]}")
     code_cells = [cell for cell in notebook["cells"] if cell["cell_type"] == "code"]
