@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -48,19 +49,28 @@ def source_sha256(notebook: dict) -> str:
     return hashlib.sha256(json.dumps(cells, ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
+# tqdm's text form of a bar: "desc:  45%|####5     | 18/40 [00:10<00:12,  1.80it/s]".
+TQDM_BAR = re.compile(r"\d+%\|.*\| *[\d.]+\w*/[\d.?]+\w* \[")
+
+
 def _is_progress_bar(output: dict) -> bool:
-    """A tqdm bar: a widget view whose text form is an HBox of a progress bar, or a stream of \\r updates."""
+    """A tqdm bar: a widget view (its text form tqdm's bar, or an HBox of a progress bar), or a stream of \r updates."""
     data = output.get("data", {})
     text = "".join(data.get("text/plain", "")) if data else "".join(output.get("text", ""))
     if WIDGET_VIEW in data:
-        return "Progress(" in text or text.startswith("HBox(children=(HTML(")
+        return bool(TQDM_BAR.search(text)) or "Progress(" in text or text.startswith("HBox(children=(HTML(")
     return output.get("output_type") == "stream" and output.get("name") == "stderr" and "%|" in text
 
 
 def drop_progress_bars(notebook: dict) -> None:
+    """Drop progress bars from the outputs; the saved widget state goes too when no widget is left to show."""
     for cell in notebook["cells"]:
         if cell["cell_type"] == "code":
             cell["outputs"] = [output for output in cell["outputs"] if not _is_progress_bar(output)]
+    outputs = [output for cell in notebook["cells"] for output in cell.get("outputs", [])]
+    shown = any(WIDGET_VIEW in output.get("data", {}) for output in outputs)
+    if not shown:
+        notebook["metadata"].pop("widgets", None)
 
 
 def execute(path: Path, artifacts: Path, scale: str, timeout: int = 1800) -> tuple[dict, float]:

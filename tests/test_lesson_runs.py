@@ -40,10 +40,27 @@ def test_progress_bars_are_dropped_and_everything_else_kept():
     labeller = {"output_type": "display_data", "metadata": {},
                 "data": {"application/vnd.jupyter.widget-view+json": {"model_id": "y", "version_major": 2},
                          "text/plain": "VBox(children=(HTML(value='<b>Which answer is better?</b>'),))"}}
+    # How tqdm.auto's bar is saved by a run: a widget view whose text form is the bar itself.
+    tqdm_view = {"output_type": "display_data", "metadata": {},
+                 "data": {"application/vnd.jupyter.widget-view+json": {"model_id": "z", "version_major": 2},
+                          "text/plain": "reward model, epoch 1:   0%|          | 0/262 [00:00<?, ?it/s]"}}
     kept = notebook["cells"][1]["outputs"] + [warning, labeller]
-    notebook["cells"][1]["outputs"] = [bar, notebook["cells"][1]["outputs"][0], text_bar, warning, labeller]
+    notebook["cells"][1]["outputs"] = [bar, notebook["cells"][1]["outputs"][0], text_bar, tqdm_view, warning, labeller]
+    notebook["metadata"]["widgets"] = {"state": {"x": {}, "y": {}, "z": {}}}
     lesson_runs.drop_progress_bars(notebook)
     assert notebook["cells"][1]["outputs"] == kept
+    assert "widgets" in notebook["metadata"], "the labeller is still shown: its widget state stays"
+
+
+def test_the_widget_state_goes_when_only_progress_bars_used_it():
+    notebook = tiny_notebook()
+    notebook["cells"][1]["outputs"].append(
+        {"output_type": "display_data", "metadata": {},
+         "data": {"application/vnd.jupyter.widget-view+json": {"model_id": "z", "version_major": 2},
+                  "text/plain": "PPO:  45%|####5     | 18/40 [00:10<00:12,  1.80it/s]"}})
+    notebook["metadata"]["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {"z": {}}}}
+    lesson_runs.drop_progress_bars(notebook)
+    assert len(notebook["cells"][1]["outputs"]) == 1 and "widgets" not in notebook["metadata"]
 
 
 def test_lessons_are_found_by_number_or_name_and_a_wrong_one_is_named():
