@@ -54,7 +54,7 @@ TQDM_BAR = re.compile(r"\d+%\|.*\| *[\d.]+\w*/[\d.?]+\w* \[")
 
 
 def _is_progress_bar(output: dict) -> bool:
-    """A tqdm bar: a widget view (its text form tqdm's bar, or an HBox of a progress bar), or a stream of \r updates."""
+    """A tqdm bar: a widget view (its text form tqdm's bar, or an HBox of a progress bar), or \\r updates."""
     data = output.get("data", {})
     text = "".join(data.get("text/plain", "")) if data else "".join(output.get("text", ""))
     if WIDGET_VIEW in data:
