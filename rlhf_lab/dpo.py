@@ -174,15 +174,13 @@ def encode_responses(tokenizer, prompts: list[str], answers: list[str], device, 
     `token_ids` (from `response_token_ids`, whose answers all ended) saves tokenizing them again.
     """
     finished = finished if finished is not None else [True] * len(answers)
-    if token_ids is None or not all(finished):
-        # The tokenizer splits on spaces, so an answer alone gives the same tokens as inside its dialogue.
-        prompt_rows = tokenizer([format_prompt(prompt) for prompt in prompts], add_special_tokens=False)["input_ids"]
-        texts = [f"{answer} {END}" if ended else answer for answer, ended in zip(answers, finished)]
-        answer_rows = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    else:
-        prompt_rows = [token_ids["prompts"][prompt] for prompt in prompts]
-        answer_rows = [token_ids["answers"][answer] for answer in answers]
-    prompt_ids, prompt_mask = left_pad(prompt_rows, tokenizer.pad_token_id)
+    ended = [answer for answer, done in zip(answers, finished) if done]
+    token_ids = token_ids or response_token_ids(tokenizer, prompts, ended)
+    cut_short = [answer for answer, done in zip(answers, finished) if not done]  # no end token to append
+    cut_rows = dict(zip(cut_short, tokenizer(cut_short, add_special_tokens=False)["input_ids"])) if cut_short else {}
+    answer_rows = [token_ids["answers"][answer] if done else cut_rows[answer]
+                   for answer, done in zip(answers, finished)]
+    prompt_ids, prompt_mask = left_pad([token_ids["prompts"][prompt] for prompt in prompts], tokenizer.pad_token_id)
     width = max(len(row) for row in answer_rows)
     pad = tokenizer.pad_token_id
     response_ids = torch.tensor([row + [pad] * (width - len(row)) for row in answer_rows])
